@@ -6,6 +6,64 @@
 //! Nothing here performs I/O: files are read through the [`source::SourceLoader`] trait
 //! that the shells (CLI, server) implement, so the core stays deterministic and fuzzable.
 
+pub mod config;
 pub mod diag;
+pub mod duration;
+pub mod expr;
+pub mod model;
+pub mod plan;
 pub mod source;
 pub mod yaml;
+
+use diag::Diagnostics;
+use source::{SourceLoader, SourceMap};
+
+/// A pipeline file read, resolved and checked, with the sources kept for error messages.
+pub struct Loaded {
+    pub sources: SourceMap,
+    /// The resolved tree (includes, references and `extends` applied): what
+    /// `slipway preview` prints.
+    pub tree: Option<yaml::Node>,
+    pub pipeline: Result<model::Pipeline, Diagnostics>,
+}
+
+/// Read a pipeline file through `loader` and check it. `variables` are what
+/// `include:rules` may use (predefined and project variables).
+pub fn load_pipeline(
+    loader: &dyn SourceLoader,
+    path: &str,
+    variables: &dyn Fn(&str) -> Option<String>,
+) -> Loaded {
+    let ctx = config::IncludeContext { variables };
+    let loaded = config::load(loader, path, &ctx);
+    finish(loaded)
+}
+
+/// Like [`load_pipeline`] for text already in memory.
+pub fn load_pipeline_text(
+    loader: &dyn SourceLoader,
+    path: &str,
+    text: &str,
+    variables: &dyn Fn(&str) -> Option<String>,
+) -> Loaded {
+    let ctx = config::IncludeContext { variables };
+    finish(config::load_text(loader, path, text, &ctx))
+}
+
+fn finish(loaded: config::Loaded) -> Loaded {
+    match loaded.root {
+        Ok(tree) => {
+            let pipeline = model::build(&tree);
+            Loaded {
+                sources: loaded.sources,
+                tree: Some(tree),
+                pipeline,
+            }
+        }
+        Err(d) => Loaded {
+            sources: loaded.sources,
+            tree: None,
+            pipeline: Err(d),
+        },
+    }
+}

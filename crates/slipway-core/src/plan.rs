@@ -1,0 +1,595 @@
+//! Planning: given a pipeline and what triggered it (ref, source, changed files,
+//! variables), decide which jobs exist and how they start, exactly as GitLab creates a
+//! pipeline: `workflow:rules` first, then each job's `rules` (first match wins) or
+//! `only`/`except`, `parallel` and `parallel:matrix` expanded, `when` and
+//! `allow_failure` resolved, and the DAG from `needs` and stage order.
+
+use crate::config::any_file_matches;
+use crate::diag::Diagnostics;
+use crate::expr;
+use crate::model::{
+    cross, AllowFailure, Job, Need, Parallel, Pipeline, RefFilter, Rule, VariableDef, When,
+};
+use crate::source::Span;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// What started a pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger {
+    /// Branch or tag name (no `refs/heads/`).
+    pub ref_name: String,
+    pub tag: bool,
+    /// `CI_PIPELINE_SOURCE`: push, web, schedule, merge_request_event, api, trigger...
+    pub source: String,
+    /// Files changed by the push; `None` when unknown (new branch, tag, schedule, web),
+    /// in which case `changes` conditions are true, as on GitLab.
+    pub changed_files: Option<Vec<String>>,
+    /// Every file in the repository at the commit, for `exists`.
+    pub files: Vec<String>,
+    /// Predefined `CI_*` variables of the pipeline.
+    pub predefined: Vec<(String, String)>,
+    /// Variables given for this run (manual run, API, `--variable`): they override the
+    /// file's variables.
+    pub variables: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// `workflow:name`, expanded.
+    pub name: Option<String>,
+    pub stages: Vec<String>,
+    /// Variables set by the matching `workflow:rules` entry.
+    pub workflow_variables: Vec<VariableDef>,
+    pub jobs: Vec<PlannedJob>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedJob {
+    /// Name as shown: `test 1/3`, `build: [linux, amd64]`.
+    pub name: String,
+    /// The job's key in the configuration.
+    pub job: String,
+    pub stage: String,
+    pub stage_index: usize,
+    pub when: When,
+    pub start_in: Option<String>,
+    pub allow_failure: bool,
+    pub allow_failure_exit_codes: Vec<i32>,
+    /// `None` when the job has no `needs:` and follows stage order.
+    pub needs: Option<Vec<PlannedNeed>>,
+    /// Jobs whose artifacts this job receives.
+    pub dependencies: Vec<String>,
+    /// Global, job, matrix and rule variables, later ones winning.
+    pub variables: Vec<VariableDef>,
+    pub node_index: Option<u32>,
+    pub node_total: u32,
+    pub interruptible: bool,
+    /// Index of the job definition in [`Pipeline::jobs`].
+    #[serde(skip)]
+    pub definition: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedNeed {
+    pub job: String,
+    pub artifacts: bool,
+    pub optional: bool,
+}
+
+/// Why no pipeline was planned although the configuration is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoPipeline {
+    /// No `workflow:rules` entry matched, or the match said `never`.
+    FilteredByWorkflow,
+}
+
+pub type PlanResult = Result<Result<Plan, NoPipeline>, Diagnostics>;
+
+/// Variables visible to an expression, resolved by name.
+struct Scope<'a> {
+    layers: Vec<&'a [(String, String)]>,
+    defs: Vec<&'a [VariableDef]>,
+    owned: Vec<(String, String)>,
+}
+
+impl Scope<'_> {
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.lookup_depth(name, 0)
+    }
+
+    fn lookup_depth(&self, name: &str, depth: usize) -> Option<String> {
+        if depth > 10 {
+            return None;
+        }
+        // Later layers win: run variables, then rule/job/global definitions, then predefined.
+        if let Some((_, v)) = self.owned.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        for layer in self.layers.iter().rev() {
+            if let Some((_, v)) = layer.iter().rev().find(|(k, _)| k == name) {
+                return Some(v.clone());
+            }
+        }
+        for defs in self.defs.iter().rev() {
+            if let Some(d) = defs.iter().rev().find(|d| d.key == name) {
+                return Some(self.expand(&d.value, d.expand, depth + 1));
+            }
+        }
+        None
+    }
+
+    /// Expand `$VAR`/`${VAR}` in a definition (GitLab expands references to other
+    /// variables before evaluating rules); unknown references stay as written.
+    fn expand(&self, value: &str, expand: bool, depth: usize) -> String {
+        if !expand || !value.contains('$') {
+            return value.to_string();
+        }
+        expand_existing(value, &|n| self.lookup_depth(n, depth))
+    }
+}
+
+/// Replace references to defined variables; keep unknown ones and `$$` as written.
+pub fn expand_existing(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let bytes = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' {
+            if bytes.get(i + 1) == Some(&b'$') {
+                out.push_str("$$");
+                i += 2;
+                continue;
+            }
+            let (name, end) = if bytes.get(i + 1) == Some(&b'{') {
+                match value[i + 2..].find('}') {
+                    Some(close) => (&value[i + 2..i + 2 + close], i + 3 + close),
+                    None => ("", i + 1),
+                }
+            } else {
+                let len = value[i + 1..]
+                    .bytes()
+                    .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                    .count();
+                (&value[i + 1..i + 1 + len], i + 1 + len)
+            };
+            if !name.is_empty() {
+                if let Some(v) = lookup(name) {
+                    out.push_str(&v);
+                    i = end;
+                    continue;
+                }
+            }
+            out.push('$');
+            i += 1;
+            continue;
+        }
+        let ch_len = value[i..].chars().next().map(|c| c.len_utf8()).unwrap_or(1);
+        out.push_str(&value[i..i + ch_len]);
+        i += ch_len;
+    }
+    out
+}
+
+fn rule_matches(rule: &Rule, scope: &Scope<'_>, trigger: &Trigger) -> bool {
+    if let Some(src) = &rule.if_expr {
+        match expr::parse(src) {
+            Ok(e) => {
+                if !e.evaluate(&|n| scope.lookup(n)) {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    if let Some(ch) = &rule.changes {
+        if let Some(changed) = &trigger.changed_files {
+            let paths: Vec<String> = ch
+                .paths
+                .iter()
+                .map(|p| expand_existing(p, &|n| scope.lookup(n)))
+                .collect();
+            if !any_file_matches(&paths, changed) {
+                return false;
+            }
+        }
+    }
+    if let Some(ex) = &rule.exists {
+        let paths: Vec<String> = ex
+            .iter()
+            .map(|p| expand_existing(p, &|n| scope.lookup(n)))
+            .collect();
+        if !any_file_matches(&paths, &trigger.files) {
+            return false;
+        }
+    }
+    true
+}
+
+fn ref_pattern_matches(pattern: &str, trigger: &Trigger) -> bool {
+    let source = trigger.source.as_str();
+    let is_mr = source == "merge_request_event";
+    match pattern {
+        "branches" => return !trigger.tag && !is_mr,
+        "tags" => return trigger.tag,
+        "api" => return source == "api",
+        "external" => return source == "external",
+        "pipelines" => return source == "pipeline" || source == "parent_pipeline",
+        "pushes" => return source == "push",
+        "schedules" => return source == "schedule",
+        "triggers" => return source == "trigger",
+        "web" => return source == "web",
+        "merge_requests" => return is_mr,
+        "chat" => return source == "chat",
+        "external_pull_requests" => return source == "external_pull_request_event",
+        _ => {}
+    }
+    // `branch@group/project` restricts to a project: the project part is not checked.
+    let pattern = match pattern.rsplit_once('@') {
+        Some((p, _)) if !p.starts_with('/') || p.ends_with('/') => p,
+        _ => pattern,
+    };
+    if let Some(body) = pattern.strip_prefix('/') {
+        if let Some((re, flags)) = body.rsplit_once('/') {
+            let re = if flags.contains('i') {
+                format!("(?i){re}")
+            } else {
+                re.to_string()
+            };
+            return regex::Regex::new(&re).is_ok_and(|r| r.is_match(&trigger.ref_name));
+        }
+    }
+    pattern == trigger.ref_name
+}
+
+fn filter_matches(filter: &RefFilter, scope: &Scope<'_>, trigger: &Trigger) -> Vec<bool> {
+    let mut results = Vec::new();
+    if !filter.refs.is_empty() {
+        results.push(filter.refs.iter().any(|r| ref_pattern_matches(r, trigger)));
+    }
+    if !filter.variables.is_empty() {
+        results.push(
+            filter
+                .variables
+                .iter()
+                .any(|src| expr::parse(src).is_ok_and(|e| e.evaluate(&|n| scope.lookup(n)))),
+        );
+    }
+    if !filter.changes.is_empty() {
+        results.push(match &trigger.changed_files {
+            None => true,
+            Some(files) => any_file_matches(&filter.changes, files),
+        });
+    }
+    results
+}
+
+/// Plan a pipeline for a trigger.
+pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
+    let mut diags = Diagnostics::new();
+
+    // workflow:rules
+    let mut workflow_variables = Vec::new();
+    if let Some(rules) = &pipeline.workflow.rules {
+        let scope = Scope {
+            layers: vec![&trigger.predefined],
+            defs: vec![&pipeline.variables],
+            owned: trigger.variables.clone(),
+        };
+        let matched = rules.iter().find(|r| rule_matches(r, &scope, trigger));
+        match matched {
+            Some(r) if r.when != Some(When::Never) => workflow_variables = r.variables.clone(),
+            _ => return Ok(Err(NoPipeline::FilteredByWorkflow)),
+        }
+    }
+
+    let has_workflow_rules = pipeline.workflow.rules.is_some();
+    let stage_index: HashMap<&str, usize> = pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
+
+    let mut planned: Vec<PlannedJob> = Vec::new();
+    // Per job definition: the planned names of its instances (for needs on parallel jobs).
+    let mut instances: HashMap<&str, Vec<(String, Vec<(String, String)>)>> = HashMap::new();
+    // The rule-chosen needs of each planned job, resolved once every job is planned.
+    let mut pending_needs: Vec<Option<Vec<Need>>> = Vec::new();
+
+    for (def_index, job) in pipeline.jobs.iter().enumerate() {
+        let cells: Vec<(String, Option<u32>, u32, Vec<(String, String)>)> = match &job.parallel {
+            None => vec![(job.name.clone(), None, 1, Vec::new())],
+            Some(Parallel::Count(n)) => (1..=*n)
+                .map(|i| (format!("{} {i}/{n}", job.name), Some(i), *n, Vec::new()))
+                .collect(),
+            Some(Parallel::Matrix(entries)) => {
+                let rows: Vec<Vec<(String, String)>> =
+                    entries.iter().flat_map(|e| cross(e)).collect();
+                let total = rows.len() as u32;
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let values: Vec<&str> = row.iter().map(|(_, v)| v.as_str()).collect();
+                        (
+                            format!("{}: [{}]", job.name, values.join(", ")),
+                            Some(i as u32 + 1),
+                            total,
+                            row,
+                        )
+                    })
+                    .collect()
+            }
+        };
+        for (name, node_index, node_total, matrix) in cells {
+            let matrix_defs: Vec<VariableDef> = matrix
+                .iter()
+                .map(|(k, v)| VariableDef {
+                    key: k.clone(),
+                    value: v.clone(),
+                    description: None,
+                    options: Vec::new(),
+                    expand: true,
+                    span: Span::synthetic(),
+                })
+                .collect();
+            let mut node_vars: Vec<(String, String)> = trigger.predefined.clone();
+            if let Some(i) = node_index {
+                node_vars.push(("CI_NODE_INDEX".into(), i.to_string()));
+            }
+            node_vars.push(("CI_NODE_TOTAL".into(), node_total.to_string()));
+            node_vars.push(("CI_JOB_NAME".into(), name.clone()));
+            node_vars.push(("CI_JOB_STAGE".into(), job.stage.clone()));
+            let scope = Scope {
+                layers: vec![&node_vars],
+                defs: vec![&workflow_variables, &job.variables, &matrix_defs],
+                owned: trigger.variables.clone(),
+            };
+            let Some(decision) = decide(job, &scope, trigger, has_workflow_rules) else {
+                continue;
+            };
+            if decision.when == When::Never {
+                continue;
+            }
+            let mut variables = job.variables.clone();
+            for d in matrix_defs.iter().chain(decision.rule_variables.iter()) {
+                variables.retain(|v| v.key != d.key);
+                variables.push(d.clone());
+            }
+            instances
+                .entry(job.name.as_str())
+                .or_default()
+                .push((name.clone(), matrix.clone()));
+            pending_needs.push(decision.needs.clone());
+            planned.push(PlannedJob {
+                name,
+                job: job.name.clone(),
+                stage: job.stage.clone(),
+                stage_index: stage_index.get(job.stage.as_str()).copied().unwrap_or(0),
+                when: decision.when,
+                start_in: decision.start_in,
+                allow_failure: decision.allow_failure.allowed,
+                allow_failure_exit_codes: decision.allow_failure.exit_codes,
+                needs: None,
+                dependencies: Vec::new(),
+                variables,
+                node_index,
+                node_total,
+                interruptible: decision.interruptible,
+                definition: def_index,
+            });
+        }
+    }
+
+    // needs and dependencies, now that every surviving job is known.
+    let stage_of: HashMap<String, usize> = planned
+        .iter()
+        .map(|p| (p.name.clone(), p.stage_index))
+        .collect();
+    for (idx, needs) in pending_needs.into_iter().enumerate() {
+        let job = &pipeline.jobs[planned[idx].definition];
+        let mut resolved_needs: Option<Vec<PlannedNeed>> = None;
+        if let Some(needs) = needs {
+            let mut out = Vec::new();
+            for need in needs {
+                let targets: Vec<String> = match instances.get(need.job.as_str()) {
+                    None => Vec::new(),
+                    Some(list) => match &need.matrix {
+                        None => list.iter().map(|(n, _)| n.clone()).collect(),
+                        Some(cells) => list
+                            .iter()
+                            .filter(|(_, vars)| {
+                                cells.iter().any(|cell| {
+                                    cell.iter().all(|kv| vars.contains(kv))
+                                        && cell.len() == vars.len()
+                                })
+                            })
+                            .map(|(n, _)| n.clone())
+                            .collect(),
+                    },
+                };
+                if targets.is_empty() {
+                    if !need.optional {
+                        diags.push(
+                            need.span,
+                            format!(
+                                "'{}' job needs '{}' job, but '{}' does not exist in the pipeline. This might be because of the only, except, or rules keywords. To need a job that sometimes does not exist in the pipeline, use needs:optional.",
+                                planned[idx].name, need.job, need.job
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                for t in targets {
+                    if stage_of.get(&t).copied().unwrap_or(0) > planned[idx].stage_index {
+                        diags.push(
+                            need.span,
+                            format!(
+                                "'{}' job needs '{t}' job, but '{t}' is not in any previous stage",
+                                planned[idx].name
+                            ),
+                        );
+                        continue;
+                    }
+                    out.push(PlannedNeed {
+                        job: t,
+                        artifacts: need.artifacts,
+                        optional: need.optional,
+                    });
+                }
+            }
+            resolved_needs = Some(out);
+        }
+        let deps: Vec<String> = match (&resolved_needs, &job.dependencies) {
+            (Some(needs), Some(deps)) => needs
+                .iter()
+                .filter(|n| n.artifacts && deps.iter().any(|d| instance_of(&n.job, d, &instances)))
+                .map(|n| n.job.clone())
+                .collect(),
+            (Some(needs), None) => needs
+                .iter()
+                .filter(|n| n.artifacts)
+                .map(|n| n.job.clone())
+                .collect(),
+            (None, Some(deps)) => deps
+                .iter()
+                .flat_map(|d| {
+                    instances
+                        .get(d.as_str())
+                        .map(|l| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                })
+                .collect(),
+            (None, None) => planned
+                .iter()
+                .filter(|p| p.stage_index < planned[idx].stage_index)
+                .map(|p| p.name.clone())
+                .collect(),
+        };
+        planned[idx].needs = resolved_needs;
+        planned[idx].dependencies = deps;
+    }
+
+    if !diags.is_empty() {
+        return Err(diags.sorted());
+    }
+
+    // Jobs run stage by stage, and within a stage in file order.
+    planned.sort_by_key(|p| p.stage_index);
+
+    let name = pipeline.workflow.name.as_ref().map(|n| {
+        let scope = Scope {
+            layers: vec![&trigger.predefined],
+            defs: vec![&pipeline.variables, &workflow_variables],
+            owned: trigger.variables.clone(),
+        };
+        expand_existing(n, &|v| scope.lookup(v))
+    });
+
+    let used: Vec<usize> = planned.iter().map(|p| p.stage_index).collect();
+    let stages = pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| used.contains(i))
+        .map(|(_, s)| s.clone())
+        .collect();
+
+    Ok(Ok(Plan {
+        name,
+        stages,
+        workflow_variables,
+        jobs: planned,
+    }))
+}
+
+fn instance_of(
+    instance: &str,
+    job: &str,
+    instances: &HashMap<&str, Vec<(String, Vec<(String, String)>)>>,
+) -> bool {
+    instances
+        .get(job)
+        .is_some_and(|l| l.iter().any(|(n, _)| n == instance))
+}
+
+struct Decision {
+    when: When,
+    start_in: Option<String>,
+    allow_failure: AllowFailure,
+    rule_variables: Vec<VariableDef>,
+    needs: Option<Vec<Need>>,
+    interruptible: bool,
+}
+
+/// Whether the job is in the pipeline and how it starts; `None` when it is not.
+fn decide(
+    job: &Job,
+    scope: &Scope<'_>,
+    trigger: &Trigger,
+    has_workflow_rules: bool,
+) -> Option<Decision> {
+    // Job-level `when: manual` is allowed to fail unless told otherwise; a manual job
+    // from `rules` is not (GitLab's `ignored?`).
+    let default_allow = |explicit: &Option<AllowFailure>| -> AllowFailure {
+        explicit.clone().unwrap_or(AllowFailure {
+            allowed: job.when == When::Manual,
+            exit_codes: Vec::new(),
+        })
+    };
+    if let Some(rules) = &job.rules {
+        let rule = rules.iter().find(|r| rule_matches(r, scope, trigger))?;
+        let when = rule.when.unwrap_or(job.when);
+        let allow_failure = match rule.allow_failure {
+            Some(b) => AllowFailure {
+                allowed: b,
+                exit_codes: Vec::new(),
+            },
+            None => default_allow(&job.allow_failure),
+        };
+        let start_in = if when == When::Delayed {
+            rule.start_in.clone().or_else(|| job.start_in.clone())
+        } else {
+            None
+        };
+        return Some(Decision {
+            when,
+            start_in,
+            allow_failure,
+            rule_variables: rule.variables.clone(),
+            needs: rule.needs.clone().or_else(|| job.needs.clone()),
+            interruptible: rule.interruptible.or(job.interruptible).unwrap_or(false),
+        });
+    }
+    let default_only = RefFilter {
+        refs: vec!["branches".into(), "tags".into()],
+        ..RefFilter::default()
+    };
+    let only = match &job.only {
+        Some(o) => Some(o),
+        // With workflow:rules GitLab drops the only/except defaults.
+        None if has_workflow_rules => None,
+        None => Some(&default_only),
+    };
+    if let Some(only) = only {
+        if !filter_matches(only, scope, trigger).into_iter().all(|b| b) {
+            return None;
+        }
+    }
+    if let Some(except) = &job.except {
+        if filter_matches(except, scope, trigger)
+            .into_iter()
+            .any(|b| b)
+        {
+            return None;
+        }
+    }
+    Some(Decision {
+        when: job.when,
+        start_in: job.start_in.clone(),
+        allow_failure: default_allow(&job.allow_failure),
+        rule_variables: Vec::new(),
+        needs: job.needs.clone(),
+        interruptible: job.interruptible.unwrap_or(false),
+    })
+}
