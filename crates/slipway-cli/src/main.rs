@@ -1,6 +1,39 @@
 //! The `slipway` command-line shell: parses arguments and hands work to the core and the
 //! engines. It holds no pipeline logic of its own.
 
-fn main() {
-    println!("slipway");
+mod pipeline_cmds;
+mod repo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "Self-hosted CI/CD: run GitLab CI pipelines locally or on a server, deliver them safely."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a pipeline file: exit 0 with a summary when valid, 1 with every error.
+    Lint(pipeline_cmds::FileArgs),
+    /// Print the fully expanded configuration (includes, extends, anchors and
+    /// !reference resolved).
+    Preview(pipeline_cmds::FileArgs),
+    /// List the jobs planned for a ref and pipeline source.
+    List(pipeline_cmds::ListArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Lint(a) => pipeline_cmds::lint(&a),
+        Command::Preview(a) => pipeline_cmds::preview(&a),
+        Command::List(a) => pipeline_cmds::list(&a),
+    }
 }

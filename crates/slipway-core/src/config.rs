@@ -27,24 +27,35 @@ pub struct IncludeContext<'a> {
 /// The resolved configuration and every file it came from.
 pub struct Loaded {
     pub sources: SourceMap,
-    pub root: Result<Node, Diagnostics>,
+    /// The resolved tree; `None` when a file could not be read or parsed.
+    pub root: Option<Node>,
+    /// Errors found while resolving. With a tree present these are `!reference` and
+    /// `extends` errors: the rest of the tree is still checked so that every error is
+    /// reported at once.
+    pub diags: Diagnostics,
+    /// Top-level keys whose resolution failed: their own checks would only repeat it.
+    pub broken: Vec<String>,
 }
 
 /// Read `path` and everything it includes, and resolve references and `extends`.
 pub fn load(loader: &dyn SourceLoader, path: &str, ctx: &IncludeContext<'_>) -> Loaded {
     let mut sources = SourceMap::new();
-    let root = match loader.read(path.trim_start_matches('/')) {
+    match loader.read(path.trim_start_matches('/')) {
         Ok(text) => {
             let id = sources.add(path, text);
-            load_root(loader, id, &mut sources, ctx)
+            load_root(loader, id, sources, ctx)
         }
         Err(e) => {
-            let mut d = Diagnostics::new();
-            d.push(Span::synthetic(), format!("cannot read {path}: {e}"));
-            Err(d)
+            let mut diags = Diagnostics::new();
+            diags.push(Span::synthetic(), format!("cannot read {path}: {e}"));
+            Loaded {
+                sources,
+                root: None,
+                diags,
+                broken: Vec::new(),
+            }
         }
-    };
-    Loaded { sources, root }
+    }
 }
 
 /// Resolve an already-read root text (used by fuzzing and by `--file -`).
@@ -56,22 +67,31 @@ pub fn load_text(
 ) -> Loaded {
     let mut sources = SourceMap::new();
     let id = sources.add(path, text);
-    let root = load_root(loader, id, &mut sources, ctx);
-    Loaded { sources, root }
+    load_root(loader, id, sources, ctx)
 }
 
 fn load_root(
     loader: &dyn SourceLoader,
     id: FileId,
-    sources: &mut SourceMap,
+    mut sources: SourceMap,
     ctx: &IncludeContext<'_>,
-) -> Result<Node, Diagnostics> {
+) -> Loaded {
     let text = sources.get(id).map(|f| f.text.clone()).unwrap_or_default();
-    let mut node = parse_file(id, &text)?;
+    let mut node = match parse_file(id, &text) {
+        Ok(n) => n,
+        Err(diags) => {
+            return Loaded {
+                sources,
+                root: None,
+                diags,
+                broken: Vec::new(),
+            }
+        }
+    };
     let mut state = IncludeState {
         loader,
         ctx,
-        sources,
+        sources: &mut sources,
         seen: HashSet::new(),
         count: 0,
         diags: Diagnostics::new(),
@@ -79,17 +99,23 @@ fn load_root(
     expand_includes(&mut node, 0, &mut state);
     let mut diags = state.diags;
     if !diags.is_empty() {
-        return Err(diags.sorted());
+        // A missing or broken include would make every later check misleading.
+        return Loaded {
+            sources,
+            root: None,
+            diags: diags.sorted(),
+            broken: Vec::new(),
+        };
     }
-    resolve_references(&mut node, &mut diags);
-    if !diags.is_empty() {
-        return Err(diags.sorted());
+    let mut broken = Vec::new();
+    resolve_references(&mut node, &mut diags, &mut broken);
+    resolve_extends(&mut node, &mut diags, &mut broken);
+    Loaded {
+        sources,
+        root: Some(node),
+        diags: diags.sorted(),
+        broken,
     }
-    resolve_extends(&mut node, &mut diags);
-    if !diags.is_empty() {
-        return Err(diags.sorted());
-    }
-    Ok(node)
 }
 
 fn parse_file(id: FileId, text: &str) -> Result<Node, Diagnostics> {
@@ -457,12 +483,19 @@ pub fn deep_merge(base: Node, over: Node) -> Node {
 }
 
 /// Replace every `!reference [key, ...]` by the value it points at in the merged tree.
-fn resolve_references(root: &mut Node, diags: &mut Diagnostics) {
+fn resolve_references(root: &mut Node, diags: &mut Diagnostics, broken: &mut Vec<String>) {
     if !contains_reference(root) {
         return;
     }
     let snapshot = root.clone();
-    resolve_in(root, &snapshot, &mut Vec::new(), diags);
+    let Some(map) = root.as_map_mut() else { return };
+    for (k, v) in map.entries.iter_mut() {
+        let before = diags.len();
+        resolve_in(v, &snapshot, &mut Vec::new(), diags);
+        if diags.len() > before {
+            broken.push(k.name.clone());
+        }
+    }
 }
 
 fn contains_reference(node: &Node) -> bool {
@@ -558,7 +591,7 @@ fn follow_reference(
 }
 
 /// Resolve `extends:` on every top-level hash: bases deep-merged in order, the job on top.
-fn resolve_extends(root: &mut Node, diags: &mut Diagnostics) {
+fn resolve_extends(root: &mut Node, diags: &mut Diagnostics, broken: &mut Vec<String>) {
     let Some(map) = root.as_map() else { return };
     let names: Vec<String> = map
         .iter()
@@ -572,8 +605,9 @@ fn resolve_extends(root: &mut Node, diags: &mut Diagnostics) {
     let mut resolved: Vec<(String, Node)> = Vec::new();
     for name in names {
         let mut stack = Vec::new();
-        if let Some(node) = extend_one(&name, &original, &mut stack, diags) {
-            resolved.push((name, node));
+        match extend_one(&name, &original, &mut stack, diags) {
+            Some(node) => resolved.push((name, node)),
+            None => broken.push(name),
         }
     }
     if let Some(map) = root.as_map_mut() {

@@ -51,19 +51,39 @@ pub fn load_pipeline_text(
 }
 
 fn finish(loaded: config::Loaded) -> Loaded {
-    match loaded.root {
-        Ok(tree) => {
-            let pipeline = model::build(&tree);
-            Loaded {
-                sources: loaded.sources,
-                tree: Some(tree),
-                pipeline,
-            }
-        }
-        Err(d) => Loaded {
-            sources: loaded.sources,
+    let config::Loaded {
+        sources,
+        root,
+        mut diags,
+        broken,
+    } = loaded;
+    let Some(tree) = root else {
+        return Loaded {
+            sources,
             tree: None,
-            pipeline: Err(d),
-        },
+            pipeline: Err(diags),
+        };
+    };
+    let pipeline = match model::build(&tree) {
+        Ok(p) if diags.is_empty() => Ok(p),
+        Ok(_) => Err(diags),
+        Err(model_diags) => {
+            // Checks of a job whose `extends` or `!reference` failed would repeat that error.
+            for d in model_diags.0 {
+                let about_broken = broken.iter().any(|b| {
+                    d.message.starts_with(&format!("jobs:{b} "))
+                        || d.message.starts_with(&format!("jobs:{b}:"))
+                });
+                if !about_broken {
+                    diags.0.push(d);
+                }
+            }
+            Err(diags.sorted())
+        }
+    };
+    Loaded {
+        sources,
+        tree: Some(tree),
+        pipeline,
     }
 }

@@ -635,6 +635,23 @@ fn emit_scalar(node: &Node) -> String {
     }
 }
 
+/// Keys are written plain when that reads back as the same string, quoted otherwise.
+fn emit_key(k: &str) -> String {
+    let plain_safe = !k.is_empty()
+        && k.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '.')
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))
+        && matches!(plain(k), Value::String(_))
+        && k != "<<";
+    if plain_safe {
+        k.to_string()
+    } else {
+        quote(k)
+    }
+}
+
 fn quote(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
@@ -651,7 +668,7 @@ fn emit_map(m: &Map, indent: usize, out: &mut String) {
     let pad = " ".repeat(indent);
     for (k, v) in &m.entries {
         out.push_str(&pad);
-        out.push_str(&quote(&k.name));
+        out.push_str(&emit_key(&k.name));
         out.push(':');
         if is_block(v) {
             if let Some(t) = &v.tag {

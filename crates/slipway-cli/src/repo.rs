@@ -1,0 +1,195 @@
+//! The repository the CLI runs in: where its root is, which branch is checked out, which
+//! files it has. Answers come from the `git` command, so they match what the user sees.
+
+use slipway_core::source::SourceLoader;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// A working tree (or a plain directory when there is no git repository).
+pub struct Repo {
+    pub root: PathBuf,
+    pub is_git: bool,
+    files: OnceLock<Vec<String>>,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches('\n')
+            .to_string(),
+    )
+}
+
+impl Repo {
+    /// The repository containing `dir`, or `dir` itself when it is not in one.
+    pub fn discover(dir: &Path) -> Repo {
+        match git(dir, &["rev-parse", "--show-toplevel"]) {
+            Some(root) => Repo {
+                root: PathBuf::from(root),
+                is_git: true,
+                files: OnceLock::new(),
+            },
+            None => Repo {
+                root: dir.to_path_buf(),
+                is_git: false,
+                files: OnceLock::new(),
+            },
+        }
+    }
+
+    pub fn git(&self, args: &[&str]) -> Option<String> {
+        if !self.is_git {
+            return None;
+        }
+        git(&self.root, args)
+    }
+
+    /// The checked-out branch, `None` on a detached HEAD.
+    pub fn current_branch(&self) -> Option<String> {
+        self.git(&["symbolic-ref", "--quiet", "--short", "HEAD"])
+    }
+
+    /// A tag pointing exactly at HEAD.
+    pub fn current_tag(&self) -> Option<String> {
+        self.git(&["describe", "--tags", "--exact-match", "HEAD"])
+    }
+
+    pub fn head_sha(&self) -> Option<String> {
+        self.git(&["rev-parse", "--verify", "--quiet", "HEAD"])
+    }
+
+    /// The default branch: origin's HEAD when known, else `init.defaultBranch`, else
+    /// `main` or `master` when such a branch exists, else `main`.
+    pub fn default_branch(&self) -> String {
+        if let Some(r) = self.git(&[
+            "symbolic-ref",
+            "--quiet",
+            "--short",
+            "refs/remotes/origin/HEAD",
+        ]) {
+            if let Some(b) = r.strip_prefix("origin/") {
+                return b.to_string();
+            }
+        }
+        for b in ["main", "master"] {
+            if self
+                .git(&[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("refs/heads/{b}"),
+                ])
+                .is_some()
+            {
+                return b.to_string();
+            }
+        }
+        self.git(&["config", "init.defaultBranch"])
+            .unwrap_or_else(|| "main".to_string())
+    }
+
+    /// Tracked files plus untracked files that are not ignored, as the working tree has
+    /// them, relative to the root.
+    pub fn files(&self) -> &[String] {
+        self.files.get_or_init(|| {
+            if let Some(out) = self.git(&[
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ]) {
+                let mut v: Vec<String> = out
+                    .split('\0')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                v.sort();
+                v.dedup();
+                // Deleted-but-tracked files are listed by --cached; keep only what exists.
+                v.retain(|f| self.root.join(f).exists());
+                v
+            } else {
+                let mut v = Vec::new();
+                walk(&self.root, &self.root, &mut v);
+                v.sort();
+                v
+            }
+        })
+    }
+
+    /// A path relative to the root for `path` given relative to the current directory.
+    pub fn relative(&self, path: &Path) -> Option<String> {
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir().ok()?.join(path)
+        };
+        let abs = normalize(&abs);
+        let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let abs = std::fs::canonicalize(&abs).unwrap_or(abs);
+        abs.strip_prefix(&root)
+            .ok()
+            .map(|p| p.to_string_lossy().replace('\\', "/"))
+    }
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if name == ".git" {
+            continue;
+        }
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk(root, &p, out),
+            Ok(_) => {
+                if let Ok(rel) = p.strip_prefix(root) {
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl SourceLoader for Repo {
+    fn read(&self, path: &str) -> Result<String, String> {
+        let rel = Path::new(path.trim_start_matches('/'));
+        if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err("paths may not leave the repository".into());
+        }
+        std::fs::read_to_string(self.root.join(rel)).map_err(|e| e.to_string())
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.files().to_vec()
+    }
+}
