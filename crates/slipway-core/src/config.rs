@@ -603,9 +603,10 @@ fn resolve_extends(root: &mut Node, diags: &mut Diagnostics, broken: &mut Vec<St
     }
     let original = map.clone();
     let mut resolved: Vec<(String, Node)> = Vec::new();
+    let mut cycles = HashSet::new();
     for name in names {
         let mut stack = Vec::new();
-        match extend_one(&name, &original, &mut stack, diags) {
+        match extend_one(&name, &original, &mut stack, &mut cycles, diags) {
             Some(node) => resolved.push((name, node)),
             None => broken.push(name),
         }
@@ -619,10 +620,12 @@ fn resolve_extends(root: &mut Node, diags: &mut Diagnostics, broken: &mut Vec<St
     }
 }
 
+/// `cycles` holds the members of cycles already reported, so each cycle is reported once.
 fn extend_one(
     name: &str,
     all: &Map,
     stack: &mut Vec<String>,
+    cycles: &mut HashSet<String>,
     diags: &mut Diagnostics,
 ) -> Option<Node> {
     let job = all.get(name)?;
@@ -660,11 +663,14 @@ fn extend_one(
             return None;
         }
     };
-    if stack.iter().any(|s| s == name) {
-        diags.push(
-            ext.span,
-            format!("{name}: circular dependency detected in `extends`"),
-        );
+    if let Some(pos) = stack.iter().position(|s| s == name) {
+        if !cycles.contains(name) {
+            diags.push(
+                ext.span,
+                format!("{name}: circular dependency detected in `extends`"),
+            );
+            cycles.extend(stack[pos..].iter().cloned());
+        }
         return None;
     }
     if stack.len() >= MAX_EXTENDS_DEPTH {
@@ -687,7 +693,7 @@ fn extend_one(
                 );
                 ok = false;
             }
-            Some(_) => match extend_one(base, all, stack, diags) {
+            Some(_) => match extend_one(base, all, stack, cycles, diags) {
                 Some(resolved) => {
                     merged = Some(match merged {
                         None => resolved,

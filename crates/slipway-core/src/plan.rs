@@ -593,3 +593,26 @@ fn decide(
         interruptible: job.interruptible.unwrap_or(false),
     })
 }
+
+/// The predefined variables that follow from the ref and source alone (used where no
+/// repository or server context exists, such as tests and fuzzing).
+pub fn basic_predefined(
+    ref_name: &str,
+    tag: bool,
+    source: &str,
+    default_branch: &str,
+) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("CI".to_string(), "true".to_string()),
+        ("GITLAB_CI".to_string(), "true".to_string()),
+        ("CI_PIPELINE_SOURCE".to_string(), source.to_string()),
+        ("CI_COMMIT_REF_NAME".to_string(), ref_name.to_string()),
+        ("CI_DEFAULT_BRANCH".to_string(), default_branch.to_string()),
+    ];
+    if tag {
+        v.push(("CI_COMMIT_TAG".into(), ref_name.to_string()));
+    } else if source != "merge_request_event" {
+        v.push(("CI_COMMIT_BRANCH".into(), ref_name.to_string()));
+    }
+    v
+}
