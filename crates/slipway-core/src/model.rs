@@ -138,7 +138,7 @@ pub struct Need {
     pub optional: bool,
     /// `needs:parallel:matrix`: the matrix cells to depend on, each a set of variable values.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub matrix: Option<Vec<Vec<(String, String)>>>,
+    pub matrix: Option<Vec<MatrixCell>>,
     #[serde(skip)]
     pub span: Span,
 }
@@ -163,8 +163,13 @@ pub struct Retry {
 pub enum Parallel {
     Count(u32),
     /// Each entry maps variable names to the list of values to cross.
-    Matrix(Vec<Vec<(String, Vec<String>)>>),
+    Matrix(Vec<MatrixEntry>),
 }
+
+/// One `parallel:matrix` entry: variable names with the values to cross.
+pub type MatrixEntry = Vec<(String, Vec<String>)>;
+/// One matrix cell: a value for each variable.
+pub type MatrixCell = Vec<(String, String)>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Artifacts {
@@ -1358,15 +1363,12 @@ fn needs(c: &mut Checker, node: &Node, path: &str) -> Option<Vec<Need>> {
                     let pm = c.map(p, &format!("{path}:need:parallel"))?;
                     c.unknown_keys(pm, &["matrix"], &format!("{path}:need:parallel"));
                     let mx = pm.get("matrix")?;
-                    match parallel_matrix(c, mx, &format!("{path}:need:parallel:matrix")) {
-                        Some(entries) => Some(
-                            entries
-                                .into_iter()
-                                .flat_map(|e| cross(&e))
-                                .collect::<Vec<_>>(),
-                        ),
-                        None => None,
-                    }
+                    parallel_matrix(c, mx, &format!("{path}:need:parallel:matrix")).map(|entries| {
+                        entries
+                            .into_iter()
+                            .flat_map(|e| cross(&e))
+                            .collect::<Vec<_>>()
+                    })
                 });
                 Need {
                     job,
@@ -1496,11 +1498,7 @@ fn parallel(c: &mut Checker, node: &Node, path: &str) -> Option<Parallel> {
     }
 }
 
-fn parallel_matrix(
-    c: &mut Checker,
-    node: &Node,
-    path: &str,
-) -> Option<Vec<Vec<(String, Vec<String>)>>> {
+fn parallel_matrix(c: &mut Checker, node: &Node, path: &str) -> Option<Vec<MatrixEntry>> {
     let Some(items) = node.as_seq() else {
         c.err(
             node.span,
@@ -1559,8 +1557,8 @@ fn parallel_matrix(
 
 /// Every combination of one matrix entry, in GitLab's order (the last variable varies
 /// fastest).
-pub fn cross(entry: &[(String, Vec<String>)]) -> Vec<Vec<(String, String)>> {
-    let mut out: Vec<Vec<(String, String)>> = vec![Vec::new()];
+pub fn cross(entry: &[(String, Vec<String>)]) -> Vec<MatrixCell> {
+    let mut out: Vec<MatrixCell> = vec![Vec::new()];
     for (k, values) in entry {
         let mut next = Vec::with_capacity(out.len() * values.len());
         for prefix in &out {

@@ -8,7 +8,8 @@ use crate::config::any_file_matches;
 use crate::diag::Diagnostics;
 use crate::expr;
 use crate::model::{
-    cross, AllowFailure, Job, Need, Parallel, Pipeline, RefFilter, Rule, VariableDef, When,
+    cross, AllowFailure, Job, MatrixCell, Need, Parallel, Pipeline, RefFilter, Rule, VariableDef,
+    When,
 };
 use crate::source::Span;
 use serde::Serialize;
@@ -85,6 +86,9 @@ pub enum NoPipeline {
 }
 
 pub type PlanResult = Result<Result<Plan, NoPipeline>, Diagnostics>;
+
+/// Per job definition, its planned instances: name and matrix cell.
+type Instances<'a> = HashMap<&'a str, Vec<(String, MatrixCell)>>;
 
 /// Variables visible to an expression, resolved by name.
 struct Scope<'a> {
@@ -293,12 +297,12 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
 
     let mut planned: Vec<PlannedJob> = Vec::new();
     // Per job definition: the planned names of its instances (for needs on parallel jobs).
-    let mut instances: HashMap<&str, Vec<(String, Vec<(String, String)>)>> = HashMap::new();
+    let mut instances: Instances<'_> = HashMap::new();
     // The rule-chosen needs of each planned job, resolved once every job is planned.
     let mut pending_needs: Vec<Option<Vec<Need>>> = Vec::new();
 
     for (def_index, job) in pipeline.jobs.iter().enumerate() {
-        let cells: Vec<(String, Option<u32>, u32, Vec<(String, String)>)> = match &job.parallel {
+        let cells: Vec<(String, Option<u32>, u32, MatrixCell)> = match &job.parallel {
             None => vec![(job.name.clone(), None, 1, Vec::new())],
             Some(Parallel::Count(n)) => (1..=*n)
                 .map(|i| (format!("{} {i}/{n}", job.name), Some(i), *n, Vec::new()))
@@ -503,11 +507,7 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     }))
 }
 
-fn instance_of(
-    instance: &str,
-    job: &str,
-    instances: &HashMap<&str, Vec<(String, Vec<(String, String)>)>>,
-) -> bool {
+fn instance_of(instance: &str, job: &str, instances: &Instances<'_>) -> bool {
     instances
         .get(job)
         .is_some_and(|l| l.iter().any(|(n, _)| n == instance))
