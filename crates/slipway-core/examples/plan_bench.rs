@@ -3,9 +3,9 @@
 //!
 //! usage: plan_bench FILE [ITERATIONS]
 
+use slipway_core::load_pipeline_text;
 use slipway_core::plan::{basic_predefined, plan, Trigger};
 use slipway_core::source::MemoryLoader;
-use slipway_core::load_pipeline_text;
 use std::time::Instant;
 
 fn main() {

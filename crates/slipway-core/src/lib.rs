@@ -87,3 +87,4 @@ fn finish(loaded: config::Loaded) -> Loaded {
         pipeline,
     }
 }
+pub mod schedule;

@@ -1,0 +1,509 @@
+//! The pipeline state machine: given a plan and the status of every job so far, which
+//! jobs start now, which wait, which are skipped, and what the pipeline's status is. It
+//! follows GitLab's rules: a job without `needs` waits for every earlier stage, a job with
+//! `needs` waits for those jobs only; `on_success` runs when they all passed (allowed
+//! failures count as passed), `on_failure` when one failed, `always` in any case; manual
+//! jobs wait to be played and delayed jobs to be due. The local runner, the server and the
+//! agents all drive jobs through this one function, so they agree on semantics.
+
+use crate::model::When;
+use crate::plan::Plan;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for the jobs it depends on.
+    Created,
+    /// Ready: waiting for an executor slot.
+    Pending,
+    Running,
+    Success,
+    Failed,
+    Canceled,
+    Skipped,
+    /// A manual job waiting to be played.
+    Manual,
+    /// A delayed job waiting for its `start_in` to pass.
+    Scheduled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Created => "created",
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+            JobStatus::Skipped => "skipped",
+            JobStatus::Manual => "manual",
+            JobStatus::Scheduled => "scheduled",
+        }
+    }
+
+    /// Finished for good (a played manual job goes back to pending).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped
+        )
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Some(match s {
+            "created" => JobStatus::Created,
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "success" => JobStatus::Success,
+            "failed" => JobStatus::Failed,
+            "canceled" => JobStatus::Canceled,
+            "skipped" => JobStatus::Skipped,
+            "manual" => JobStatus::Manual,
+            "scheduled" => JobStatus::Scheduled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineStatus {
+    Created,
+    Running,
+    Success,
+    Failed,
+    Canceled,
+    /// Waiting for a manual job that is not allowed to fail.
+    Blocked,
+    Skipped,
+}
+
+impl PipelineStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineStatus::Created => "created",
+            PipelineStatus::Running => "running",
+            PipelineStatus::Success => "success",
+            PipelineStatus::Failed => "failed",
+            PipelineStatus::Canceled => "canceled",
+            PipelineStatus::Blocked => "blocked",
+            PipelineStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// What should happen to a job now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Keep waiting.
+    Wait,
+    /// Start it (it becomes pending).
+    Start,
+    /// It will not run.
+    Skip,
+    /// Becomes a playable manual job.
+    AwaitPlay,
+    /// Becomes scheduled; start when its delay has passed.
+    Schedule,
+}
+
+/// The jobs a job waits for: its `needs`, or every job of earlier stages.
+pub fn predecessors(plan: &Plan, job: usize) -> Vec<usize> {
+    let j = &plan.jobs[job];
+    match &j.needs {
+        Some(needs) => needs
+            .iter()
+            .filter_map(|n| plan.jobs.iter().position(|p| p.name == n.job))
+            .collect(),
+        None => plan
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.stage_index < j.stage_index)
+            .map(|(i, _)| i)
+            .collect(),
+    }
+}
+
+/// Outcome of a set of finished predecessors, the way GitLab composes statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    Passed,
+    Failed,
+    /// Every predecessor was skipped (a job needing only skipped jobs is skipped).
+    Skipped,
+    /// Something is still running, waiting, or is a blocking manual job.
+    NotDone,
+}
+
+fn upstream(plan: &Plan, statuses: &[JobStatus], preds: &[usize], needs_mode: bool) -> Upstream {
+    let mut failed = false;
+    let mut all_skipped = !preds.is_empty();
+    for &p in preds {
+        let s = statuses[p];
+        let job = &plan.jobs[p];
+        match s {
+            JobStatus::Success => all_skipped = false,
+            JobStatus::Failed | JobStatus::Canceled => {
+                all_skipped = false;
+                if !job.allow_failure {
+                    failed = true;
+                }
+            }
+            JobStatus::Skipped => {}
+            // An unplayed manual job that may fail does not hold up later stages; one that
+            // is needed, or may not fail, does.
+            JobStatus::Manual if !needs_mode && job.allow_failure => all_skipped = false,
+            _ => return Upstream::NotDone,
+        }
+    }
+    if failed {
+        Upstream::Failed
+    } else if all_skipped && needs_mode {
+        Upstream::Skipped
+    } else {
+        Upstream::Passed
+    }
+}
+
+/// Decide one job that is still `Created`.
+pub fn decide(plan: &Plan, statuses: &[JobStatus], job: usize) -> Decision {
+    if statuses[job] != JobStatus::Created {
+        return Decision::Wait;
+    }
+    let preds = predecessors(plan, job);
+    let needs_mode = plan.jobs[job].needs.is_some();
+    let up = upstream(plan, statuses, &preds, needs_mode);
+    let when = plan.jobs[job].when;
+    match (up, when) {
+        (Upstream::NotDone, _) => Decision::Wait,
+        (_, When::Always) => Decision::Start,
+        (Upstream::Failed, When::OnFailure) => Decision::Start,
+        (Upstream::Failed, _) => Decision::Skip,
+        (Upstream::Skipped, _) => Decision::Skip,
+        (Upstream::Passed, When::OnSuccess) => Decision::Start,
+        (Upstream::Passed, When::OnFailure) => Decision::Skip,
+        (Upstream::Passed, When::Manual) => Decision::AwaitPlay,
+        (Upstream::Passed, When::Delayed) => Decision::Schedule,
+        (Upstream::Passed, When::Never) => Decision::Skip,
+    }
+}
+
+/// Apply every decision that can be made now, repeatedly (a skip can unblock others).
+/// Returns the indices of jobs that became pending, so the caller can start them.
+pub fn advance(plan: &Plan, statuses: &mut [JobStatus]) -> Vec<usize> {
+    let mut started = Vec::new();
+    loop {
+        let mut changed = false;
+        for i in 0..plan.jobs.len() {
+            let next = match decide(plan, statuses, i) {
+                Decision::Wait => continue,
+                Decision::Start => {
+                    started.push(i);
+                    JobStatus::Pending
+                }
+                Decision::Skip => JobStatus::Skipped,
+                Decision::AwaitPlay => JobStatus::Manual,
+                Decision::Schedule => JobStatus::Scheduled,
+            };
+            statuses[i] = next;
+            changed = true;
+        }
+        if !changed {
+            return started;
+        }
+    }
+}
+
+/// When nothing more can happen by itself (only manual jobs and what waits on them are
+/// left), the jobs still waiting will not run in this pipeline: mark them skipped.
+pub fn settle(plan: &Plan, statuses: &mut [JobStatus]) {
+    let busy = statuses.iter().any(|s| {
+        matches!(
+            s,
+            JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+        )
+    });
+    if busy {
+        return;
+    }
+    let _ = plan;
+    for s in statuses.iter_mut() {
+        if *s == JobStatus::Created {
+            *s = JobStatus::Skipped;
+        }
+    }
+}
+
+/// The pipeline's status from its jobs' statuses.
+pub fn pipeline_status(plan: &Plan, statuses: &[JobStatus]) -> PipelineStatus {
+    if statuses.is_empty() {
+        return PipelineStatus::Skipped;
+    }
+    let active = statuses.iter().any(|s| {
+        matches!(
+            s,
+            JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+        )
+    });
+    if active {
+        return PipelineStatus::Running;
+    }
+    if statuses.contains(&JobStatus::Canceled) {
+        let failed_hard = statuses
+            .iter()
+            .enumerate()
+            .any(|(i, s)| *s == JobStatus::Failed && !plan.jobs[i].allow_failure);
+        return if failed_hard {
+            PipelineStatus::Failed
+        } else {
+            PipelineStatus::Canceled
+        };
+    }
+    if statuses
+        .iter()
+        .enumerate()
+        .any(|(i, s)| *s == JobStatus::Failed && !plan.jobs[i].allow_failure)
+    {
+        return PipelineStatus::Failed;
+    }
+    if statuses
+        .iter()
+        .enumerate()
+        .any(|(i, s)| *s == JobStatus::Manual && !plan.jobs[i].allow_failure)
+    {
+        return PipelineStatus::Blocked;
+    }
+    if statuses.contains(&JobStatus::Created) {
+        return PipelineStatus::Created;
+    }
+    if statuses.iter().all(|s| *s == JobStatus::Skipped) {
+        return PipelineStatus::Skipped;
+    }
+    PipelineStatus::Success
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlannedJob, PlannedNeed};
+
+    fn job(
+        name: &str,
+        stage: usize,
+        when: When,
+        allow_failure: bool,
+        needs: Option<&[&str]>,
+    ) -> PlannedJob {
+        PlannedJob {
+            name: name.into(),
+            job: name.into(),
+            stage: format!("s{stage}"),
+            stage_index: stage,
+            when,
+            start_in: None,
+            allow_failure,
+            allow_failure_exit_codes: Vec::new(),
+            needs: needs.map(|n| {
+                n.iter()
+                    .map(|j| PlannedNeed {
+                        job: j.to_string(),
+                        artifacts: true,
+                        optional: false,
+                    })
+                    .collect()
+            }),
+            dependencies: Vec::new(),
+            variables: Vec::new(),
+            node_index: None,
+            node_total: 1,
+            interruptible: false,
+            definition: 0,
+        }
+    }
+
+    fn plan(jobs: Vec<PlannedJob>) -> Plan {
+        Plan {
+            name: None,
+            stages: Vec::new(),
+            workflow_variables: Vec::new(),
+            jobs,
+        }
+    }
+
+    fn run(plan: &Plan, outcomes: &[(&str, JobStatus)]) -> Vec<JobStatus> {
+        let mut st = vec![JobStatus::Created; plan.jobs.len()];
+        loop {
+            let started = advance(plan, &mut st);
+            let pending: Vec<usize> = (0..st.len())
+                .filter(|i| st[*i] == JobStatus::Pending)
+                .collect();
+            if pending.is_empty() && started.is_empty() {
+                break;
+            }
+            for i in pending {
+                let name = &plan.jobs[i].name;
+                st[i] = outcomes
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| *s)
+                    .unwrap_or(JobStatus::Success);
+            }
+        }
+        settle(plan, &mut st);
+        st
+    }
+
+    #[test]
+    fn stages_run_in_order() {
+        let p = plan(vec![
+            job("a", 0, When::OnSuccess, false, None),
+            job("b", 1, When::OnSuccess, false, None),
+        ]);
+        let mut st = vec![JobStatus::Created; 2];
+        assert_eq!(advance(&p, &mut st), vec![0]);
+        assert_eq!(st[1], JobStatus::Created);
+        st[0] = JobStatus::Success;
+        assert_eq!(advance(&p, &mut st), vec![1]);
+    }
+
+    #[test]
+    fn failure_skips_later_stages_and_runs_on_failure_jobs() {
+        let p = plan(vec![
+            job("a", 0, When::OnSuccess, false, None),
+            job("b", 1, When::OnSuccess, false, None),
+            job("c", 2, When::OnSuccess, false, None),
+            job("cleanup", 2, When::OnFailure, false, None),
+            job("report", 2, When::Always, false, None),
+        ]);
+        let st = run(&p, &[("a", JobStatus::Failed)]);
+        assert_eq!(
+            st,
+            vec![
+                JobStatus::Failed,
+                JobStatus::Skipped,
+                JobStatus::Skipped,
+                JobStatus::Success,
+                JobStatus::Success
+            ]
+        );
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Failed);
+    }
+
+    #[test]
+    fn allowed_failure_does_not_stop_the_pipeline() {
+        let p = plan(vec![
+            job("a", 0, When::OnSuccess, true, None),
+            job("b", 1, When::OnSuccess, false, None),
+            job("c", 1, When::OnFailure, false, None),
+        ]);
+        let st = run(&p, &[("a", JobStatus::Failed)]);
+        assert_eq!(
+            st,
+            vec![JobStatus::Failed, JobStatus::Success, JobStatus::Skipped]
+        );
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Success);
+    }
+
+    #[test]
+    fn needs_start_before_the_stage_is_done() {
+        let p = plan(vec![
+            job("slow", 0, When::OnSuccess, false, None),
+            job("fast", 0, When::OnSuccess, false, None),
+            job("after-fast", 1, When::OnSuccess, false, Some(&["fast"])),
+        ]);
+        let mut st = vec![JobStatus::Created; 3];
+        advance(&p, &mut st);
+        st[0] = JobStatus::Running;
+        st[1] = JobStatus::Success;
+        assert_eq!(advance(&p, &mut st), vec![2]);
+    }
+
+    #[test]
+    fn empty_needs_start_at_once() {
+        let p = plan(vec![
+            job("a", 0, When::OnSuccess, false, None),
+            job("b", 1, When::OnSuccess, false, Some(&[])),
+        ]);
+        let mut st = vec![JobStatus::Created; 2];
+        assert_eq!(advance(&p, &mut st), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_job_needing_a_skipped_job_is_skipped() {
+        let p = plan(vec![
+            job("a", 0, When::OnSuccess, false, None),
+            job("b", 1, When::OnSuccess, false, Some(&["a"])),
+            job("c", 2, When::OnSuccess, false, Some(&["b"])),
+        ]);
+        let st = run(&p, &[("a", JobStatus::Failed)]);
+        assert_eq!(
+            st,
+            vec![JobStatus::Failed, JobStatus::Skipped, JobStatus::Skipped]
+        );
+    }
+
+    #[test]
+    fn manual_jobs_wait_and_blocking_ones_block() {
+        let p = plan(vec![
+            job("build", 0, When::OnSuccess, false, None),
+            job("optional", 1, When::Manual, true, None),
+            job("gate", 1, When::Manual, false, None),
+            job("deploy", 2, When::OnSuccess, false, None),
+        ]);
+        let st = run(&p, &[]);
+        assert_eq!(st[1], JobStatus::Manual);
+        assert_eq!(st[2], JobStatus::Manual);
+        assert_eq!(st[3], JobStatus::Skipped);
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Blocked);
+    }
+
+    #[test]
+    fn optional_manual_job_does_not_hold_later_stages() {
+        let p = plan(vec![
+            job("optional", 0, When::Manual, true, None),
+            job("next", 1, When::OnSuccess, false, None),
+        ]);
+        let st = run(&p, &[]);
+        assert_eq!(st, vec![JobStatus::Manual, JobStatus::Success]);
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Success);
+    }
+
+    #[test]
+    fn delayed_jobs_are_scheduled() {
+        let p = plan(vec![job("later", 0, When::Delayed, false, None)]);
+        let mut st = vec![JobStatus::Created];
+        advance(&p, &mut st);
+        assert_eq!(st[0], JobStatus::Scheduled);
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Running);
+    }
+
+    #[test]
+    fn canceled_pipeline() {
+        let p = plan(vec![
+            job("a", 0, When::OnSuccess, false, None),
+            job("b", 1, When::OnSuccess, false, None),
+        ]);
+        let st = vec![JobStatus::Canceled, JobStatus::Skipped];
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Canceled);
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            JobStatus::Created,
+            JobStatus::Pending,
+            JobStatus::Running,
+            JobStatus::Success,
+            JobStatus::Failed,
+            JobStatus::Canceled,
+            JobStatus::Skipped,
+            JobStatus::Manual,
+            JobStatus::Scheduled,
+        ] {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}
