@@ -9,3 +9,5 @@
 
 pub mod executor;
 pub mod logs;
+pub mod shell;
+pub mod workspace;
