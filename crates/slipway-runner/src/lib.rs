@@ -9,5 +9,6 @@
 
 pub mod executor;
 pub mod logs;
+pub mod pipeline;
 pub mod shell;
 pub mod workspace;
