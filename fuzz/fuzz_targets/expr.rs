@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
     match expr::parse(src) {
         Ok(e) => {
             let first = e.evaluate(&lookup);
-            assert_eq!(first, e.evaluate(&lookup), "evaluation must be deterministic");
+            assert_eq!(
+                first,
+                e.evaluate(&lookup),
+                "evaluation must be deterministic"
+            );
             let _ = e.evaluate(&|_| None);
             let _ = e.evaluate(&|name| Some(name.to_string()));
             for name in e.variables() {
@@ -37,8 +41,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(err) => {
-            assert!(err.offset <= src.len(), "offset {} past the end", err.offset);
-            assert!(src.is_char_boundary(err.offset), "offset {} inside a character", err.offset);
+            assert!(
+                err.offset <= src.len(),
+                "offset {} past the end",
+                err.offset
+            );
+            assert!(
+                src.is_char_boundary(err.offset),
+                "offset {} inside a character",
+                err.offset
+            );
             assert!(!err.message.is_empty());
         }
     }

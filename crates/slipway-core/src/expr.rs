@@ -22,10 +22,13 @@
 //!   searched for the left side as a substring (`"23" =~ "1234"` is true), and `null` never
 //!   matches.
 //!
+//! * GitLab's shunting-yard parser also accepts a few token orders that are not infix
+//!   expressions, such as `== $A $B` or `$A ()`; they are errors here.
+//!
 //! Regular expressions use RE2 syntax (translated to the `regex` crate, which shares its
 //! linear-time guarantee), with the flags `i`, `m`, `s` and `U`.
 //!
-//! Like GitLab, an expression has at most 99 tokens; parentheses nest at most [`MAX_DEPTH`] deep.
+//! Like GitLab, an expression has at most 99 tokens; parentheses nest at most 64 deep.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,7 +40,7 @@ use regex::{Regex, RegexBuilder};
 const MAX_TOKENS: usize = 100;
 
 /// Deepest nesting of parentheses accepted (the token limit already keeps it below 50).
-pub const MAX_DEPTH: usize = 64;
+const MAX_DEPTH: usize = 64;
 
 /// Upper bound on the compiled size of one regular expression, in bytes.
 const REGEX_SIZE_LIMIT: usize = 4 << 20;
@@ -1540,6 +1543,14 @@ mod tests {
         assert!(e.message.contains("expected an operator"), "{}", e.message);
         assert_eq!(parse_err("$A == 'x' $B").offset, 10);
         assert_eq!(parse_err("$A == 'x' /ab/").offset, 10);
+    }
+
+    #[test]
+    fn malformed_orders_gitlab_tolerates_are_errors() {
+        // GitLab's shunting-yard turns these into `$A == $B` and `$A`; Slipway rejects them.
+        assert_eq!(parse_err("== $A $B").offset, 0);
+        assert_eq!(parse_err("$A $B ==").offset, 3);
+        assert_eq!(parse_err("$A ()").offset, 3);
     }
 
     #[test]
