@@ -5,3 +5,5 @@
 //!
 //! Nothing here performs I/O: files are read through the [`source::SourceLoader`] trait
 //! that the shells (CLI, server) implement, so the core stays deterministic and fuzzable.
+
+pub mod variables;
