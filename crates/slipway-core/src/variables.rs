@@ -2610,6 +2610,42 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_input_never_panics() {
+        // A deterministic generator over the characters that matter to the parsers.
+        let alphabet: Vec<char> = "$${}%_aZ09-/.:@[]é€\u{212A}İ \n\r*#?!".chars().collect();
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let len = (next() % 24) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let lookup = |name: &str| (name.len() % 2 == 0).then(|| format!("<{name}$>"));
+            let _ = expand(&s, &lookup);
+            let _ = expand_existing(&s, &lookup);
+            let _ = expand_server(&s, &lookup);
+            let slug = environment_slug(&s);
+            assert!(
+                slug.len() <= 24 && !slug.ends_with('-'),
+                "{s:?} -> {slug:?}"
+            );
+            assert!(ref_slug(&s).len() <= 63);
+            let _ = deployment_tier_from_name(&s);
+            let _ = parse_server_url(&format!("https://{s}"));
+            let _ = version_parts(&s);
+            let _ = commit_description(&s);
+            let set = set_of(&[("A", s.as_str()), ("B", "$A"), (s.as_str(), "$B")]);
+            let _ = set.resolved();
+            let _ = set.circular_reference_error();
+        }
+    }
+
+    #[test]
     fn predefined_values_are_expandable_like_gitlab_sends_them() {
         // GitLab sends predefined variables as expandable: a `$` in a commit message is
         // expanded by the runner.
