@@ -13,6 +13,7 @@ pub mod expr;
 pub mod model;
 pub mod plan;
 pub mod source;
+pub mod variables;
 pub mod yaml;
 
 use diag::Diagnostics;
