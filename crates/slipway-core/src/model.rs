@@ -887,7 +887,8 @@ fn job(
         .get("except")
         .and_then(|o| ref_filter(c, o, &format!("{path}:except")));
     if job_rules.is_some() {
-        for k in ["only", "except"] {
+        // With rules, `when: delayed` and `start_in` belong in the rules.
+        for k in ["only", "except", "start_in"] {
             if let Some(key) = own.key(k) {
                 c.err(
                     key.span,
@@ -922,16 +923,15 @@ fn job(
         }
         None => None,
     };
-    let rules_delayed = job_rules
-        .as_ref()
-        .is_some_and(|r| r.iter().any(|r| r.when == Some(When::Delayed)));
-    if when == When::Delayed && start_in.is_none() && !rules_delayed {
+    // GitLab's job validations: a delayed job needs a start_in (which a job with rules
+    // cannot have at the job level), and start_in is only for delayed jobs.
+    if when == When::Delayed && start_in.is_none() {
         c.err(
             span,
             format!("{path} start in should be a duration when `when` is delayed"),
         );
     }
-    if start_in.is_some() && when != When::Delayed && !rules_delayed {
+    if start_in.is_some() && when != When::Delayed && job_rules.is_none() {
         c.err(
             own.key("start_in").map(|k| k.span).unwrap_or(span),
             format!("{path} start in must be blank when not delayed"),
@@ -1207,9 +1207,16 @@ fn rules(c: &mut Checker, node: &Node, path: &str, workflow: bool) -> Option<Vec
             }
         }
         if let Some(s) = m.get("start_in") {
-            rule.start_in = c
-                .duration(s, &format!("{path}:rule:start_in"))
-                .map(|(t, _)| t);
+            let d = c.duration(s, &format!("{path}:rule:start_in"));
+            if let Some((_, secs)) = &d {
+                if *secs > 7 * 86_400 {
+                    c.err(
+                        s.span,
+                        format!("{path}:rule:start_in should be a duration up to one week"),
+                    );
+                }
+            }
+            rule.start_in = d.map(|(t, _)| t);
             if rule.when != Some(When::Delayed) {
                 c.err(
                     s.span,
