@@ -158,6 +158,9 @@ pub struct Retry {
     pub exit_codes: Vec<i32>,
 }
 
+/// One `parallel:matrix` entry: variable names with the values to cross.
+pub type MatrixEntry = Vec<(String, Vec<String>)>;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Parallel {
@@ -1365,15 +1368,12 @@ fn needs(c: &mut Checker, node: &Node, path: &str) -> Option<Vec<Need>> {
                     let pm = c.map(p, &format!("{path}:need:parallel"))?;
                     c.unknown_keys(pm, &["matrix"], &format!("{path}:need:parallel"));
                     let mx = pm.get("matrix")?;
-                    match parallel_matrix(c, mx, &format!("{path}:need:parallel:matrix")) {
-                        Some(entries) => Some(
-                            entries
-                                .into_iter()
-                                .flat_map(|e| cross(&e))
-                                .collect::<Vec<_>>(),
-                        ),
-                        None => None,
-                    }
+                    parallel_matrix(c, mx, &format!("{path}:need:parallel:matrix")).map(|entries| {
+                        entries
+                            .into_iter()
+                            .flat_map(|e| cross(&e))
+                            .collect::<Vec<_>>()
+                    })
                 });
                 Need {
                     job,
@@ -1503,11 +1503,7 @@ fn parallel(c: &mut Checker, node: &Node, path: &str) -> Option<Parallel> {
     }
 }
 
-fn parallel_matrix(
-    c: &mut Checker,
-    node: &Node,
-    path: &str,
-) -> Option<Vec<Vec<(String, Vec<String>)>>> {
+fn parallel_matrix(c: &mut Checker, node: &Node, path: &str) -> Option<Vec<MatrixEntry>> {
     let Some(items) = node.as_seq() else {
         c.err(
             node.span,

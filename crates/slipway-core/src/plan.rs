@@ -86,6 +86,11 @@ pub enum NoPipeline {
 
 pub type PlanResult = Result<Result<Plan, NoPipeline>, Diagnostics>;
 
+/// Per job definition: the planned name of each instance with its matrix values.
+type Instances<'a> = HashMap<&'a str, Vec<(String, Vec<(String, String)>)>>;
+/// One instance of a job before rules: name, CI_NODE_INDEX, CI_NODE_TOTAL, matrix values.
+type Cell = (String, Option<u32>, u32, Vec<(String, String)>);
+
 /// Variables visible to an expression, resolved by name.
 struct Scope<'a> {
     layers: Vec<&'a [(String, String)]>,
@@ -293,12 +298,12 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
 
     let mut planned: Vec<PlannedJob> = Vec::new();
     // Per job definition: the planned names of its instances (for needs on parallel jobs).
-    let mut instances: HashMap<&str, Vec<(String, Vec<(String, String)>)>> = HashMap::new();
+    let mut instances: Instances = HashMap::new();
     // The rule-chosen needs of each planned job, resolved once every job is planned.
     let mut pending_needs: Vec<Option<Vec<Need>>> = Vec::new();
 
     for (def_index, job) in pipeline.jobs.iter().enumerate() {
-        let cells: Vec<(String, Option<u32>, u32, Vec<(String, String)>)> = match &job.parallel {
+        let cells: Vec<Cell> = match &job.parallel {
             None => vec![(job.name.clone(), None, 1, Vec::new())],
             Some(Parallel::Count(n)) => (1..=*n)
                 .map(|i| (format!("{} {i}/{n}", job.name), Some(i), *n, Vec::new()))
@@ -503,11 +508,7 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     }))
 }
 
-fn instance_of(
-    instance: &str,
-    job: &str,
-    instances: &HashMap<&str, Vec<(String, Vec<(String, String)>)>>,
-) -> bool {
+fn instance_of(instance: &str, job: &str, instances: &Instances) -> bool {
     instances
         .get(job)
         .is_some_and(|l| l.iter().any(|(n, _)| n == instance))
