@@ -1560,6 +1560,58 @@ fn parallel_matrix(c: &mut Checker, node: &Node, path: &str) -> Option<Vec<Matri
     Some(out)
 }
 
+/// One job as GitLab creates it from a definition: `test 2/3` for `parallel: 3`,
+/// `build: [linux, amd64]` for a matrix cell, or the definition itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub name: String,
+    /// `CI_NODE_INDEX`, for parallel jobs only.
+    pub node_index: Option<u32>,
+    /// `CI_NODE_TOTAL`.
+    pub node_total: u32,
+    /// The matrix variables of this cell.
+    pub matrix: Vec<(String, String)>,
+}
+
+impl Job {
+    /// The jobs this definition creates, in GitLab's order.
+    pub fn instances(&self) -> Vec<Instance> {
+        match &self.parallel {
+            None => vec![Instance {
+                name: self.name.clone(),
+                node_index: None,
+                node_total: 1,
+                matrix: Vec::new(),
+            }],
+            Some(Parallel::Count(n)) => (1..=*n)
+                .map(|i| Instance {
+                    name: format!("{} {i}/{n}", self.name),
+                    node_index: Some(i),
+                    node_total: *n,
+                    matrix: Vec::new(),
+                })
+                .collect(),
+            Some(Parallel::Matrix(entries)) => {
+                let rows: Vec<Vec<(String, String)>> =
+                    entries.iter().flat_map(|e| cross(e)).collect();
+                let total = rows.len() as u32;
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let values: Vec<&str> = row.iter().map(|(_, v)| v.as_str()).collect();
+                        Instance {
+                            name: format!("{}: [{}]", self.name, values.join(", ")),
+                            node_index: Some(i as u32 + 1),
+                            node_total: total,
+                            matrix: row,
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Every combination of one matrix entry, in GitLab's order (the last variable varies
 /// fastest).
 pub fn cross(entry: &[(String, Vec<String>)]) -> Vec<Vec<(String, String)>> {
@@ -2066,43 +2118,59 @@ fn services(c: &mut Checker, node: &Node, path: &str) -> Vec<Service> {
 /// Static checks of `needs` and `dependencies` across jobs: unknown jobs, jobs in later
 /// stages, and cycles. Whether a needed job survives rules is checked when planning.
 fn check_needs_graph(c: &mut Checker, jobs: &[Job], stages: &[String]) {
-    let stage_of: HashMap<&str, usize> = jobs
-        .iter()
-        .map(|j| {
-            (
-                j.name.as_str(),
-                stages.iter().position(|s| *s == j.stage).unwrap_or(0),
-            )
-        })
-        .collect();
+    // A need or dependency names a job definition (meaning all of its parallel
+    // instances) or one generated instance such as `build: [linux, amd64]`.
+    let mut targets: HashMap<String, (usize, Vec<String>)> = HashMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        let instances: Vec<String> = j.instances().into_iter().map(|x| x.name).collect();
+        if j.parallel.is_some() {
+            for name in &instances {
+                targets
+                    .entry(name.clone())
+                    .or_insert_with(|| (i, vec![name.clone()]));
+            }
+        }
+        targets.insert(j.name.clone(), (i, instances));
+    }
+    let stage_index = |j: &Job| stages.iter().position(|s| *s == j.stage).unwrap_or(0);
     for job in jobs {
-        let my_stage = stage_of.get(job.name.as_str()).copied().unwrap_or(0);
+        let my_stage = stage_index(job);
         let mut all_needs: Vec<&Need> = job.needs.iter().flatten().collect();
         for r in job.rules.iter().flatten() {
             all_needs.extend(r.needs.iter().flatten());
         }
         for need in all_needs {
-            match stage_of.get(need.job.as_str()) {
+            match targets.get(need.job.as_str()) {
                 None => {
                     if !need.optional {
                         c.err(need.span, format!("jobs:{} undefined need: {}", job.name, need.job));
                     }
                 }
-                Some(s) if *s > my_stage => c.err(
+                Some((t, _)) if stage_index(&jobs[*t]) > my_stage => c.err(
                     need.span,
-                    format!("jobs:{} need '{}' is in a later stage ({}); a job can only need jobs in earlier stages or its own", job.name, need.job, stages[*s]),
+                    format!("jobs:{} need '{}' is in a later stage ({}); a job can only need jobs in earlier stages or its own", job.name, need.job, jobs[*t].stage),
                 ),
                 Some(_) => {}
             }
         }
         if let Some(deps) = &job.dependencies {
+            let needed: Vec<&String> = job
+                .needs
+                .iter()
+                .flatten()
+                .filter_map(|n| targets.get(n.job.as_str()))
+                .flat_map(|(_, names)| names)
+                .collect();
             for d in deps {
-                match stage_of.get(d.as_str()) {
-                    Some(s) if *s < my_stage => {}
+                let target = targets.get(d.as_str());
+                match target {
+                    Some((t, _)) if stage_index(&jobs[*t]) < my_stage => {}
                     _ => c.err(job.span, format!("jobs:{} dependencies: job `{d}` is not defined in current or prior stages", job.name)),
                 }
-                if let Some(needs) = &job.needs {
-                    if !needs.iter().any(|n| &n.job == d) {
+                if job.needs.is_some() {
+                    let covered =
+                        target.is_some_and(|(_, names)| names.iter().all(|n| needed.contains(&n)));
+                    if !covered {
                         c.err(
                             job.span,
                             format!(
@@ -2116,10 +2184,9 @@ fn check_needs_graph(c: &mut Checker, jobs: &[Job], stages: &[String]) {
         }
     }
     // Cycles through `needs` (possible within one stage).
-    let index: HashMap<&str, usize> = jobs
+    let index: HashMap<&str, usize> = targets
         .iter()
-        .enumerate()
-        .map(|(i, j)| (j.name.as_str(), i))
+        .map(|(name, (i, _))| (name.as_str(), *i))
         .collect();
     let mut state = vec![0u8; jobs.len()]; // 0 new, 1 on stack, 2 done
     for start in 0..jobs.len() {

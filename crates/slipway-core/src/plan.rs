@@ -7,9 +7,7 @@
 use crate::config::any_file_matches;
 use crate::diag::Diagnostics;
 use crate::expr;
-use crate::model::{
-    cross, AllowFailure, Job, Need, Parallel, Pipeline, RefFilter, Rule, VariableDef, When,
-};
+use crate::model::{AllowFailure, Job, Need, Pipeline, RefFilter, Rule, VariableDef, When};
 use crate::source::Span;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -303,29 +301,11 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     let mut pending_needs: Vec<Option<Vec<Need>>> = Vec::new();
 
     for (def_index, job) in pipeline.jobs.iter().enumerate() {
-        let cells: Vec<Cell> = match &job.parallel {
-            None => vec![(job.name.clone(), None, 1, Vec::new())],
-            Some(Parallel::Count(n)) => (1..=*n)
-                .map(|i| (format!("{} {i}/{n}", job.name), Some(i), *n, Vec::new()))
-                .collect(),
-            Some(Parallel::Matrix(entries)) => {
-                let rows: Vec<Vec<(String, String)>> =
-                    entries.iter().flat_map(|e| cross(e)).collect();
-                let total = rows.len() as u32;
-                rows.into_iter()
-                    .enumerate()
-                    .map(|(i, row)| {
-                        let values: Vec<&str> = row.iter().map(|(_, v)| v.as_str()).collect();
-                        (
-                            format!("{}: [{}]", job.name, values.join(", ")),
-                            Some(i as u32 + 1),
-                            total,
-                            row,
-                        )
-                    })
-                    .collect()
-            }
-        };
+        let cells: Vec<Cell> = job
+            .instances()
+            .into_iter()
+            .map(|i| (i.name, i.node_index, i.node_total, i.matrix))
+            .collect();
         for (name, node_index, node_total, matrix) in cells {
             let matrix_defs: Vec<VariableDef> = matrix
                 .iter()
@@ -398,7 +378,10 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
             let mut out = Vec::new();
             for need in needs {
                 let targets: Vec<String> = match instances.get(need.job.as_str()) {
-                    None => Vec::new(),
+                    // A generated instance named directly: `build: [linux, amd64]`.
+                    None => planned_instance(&need.job, &instances)
+                        .into_iter()
+                        .collect(),
                     Some(list) => match &need.matrix {
                         None => list.iter().map(|(n, _)| n.clone()).collect(),
                         Some(cells) => list
@@ -458,11 +441,9 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
                 .collect(),
             (None, Some(deps)) => deps
                 .iter()
-                .flat_map(|d| {
-                    instances
-                        .get(d.as_str())
-                        .map(|l| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
-                        .unwrap_or_default()
+                .flat_map(|d| match instances.get(d.as_str()) {
+                    Some(l) => l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                    None => planned_instance(d, &instances).into_iter().collect(),
                 })
                 .collect(),
             (None, None) => planned
@@ -508,10 +489,22 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     }))
 }
 
+/// Whether `instance` is `job` itself (a generated instance named directly) or one of its
+/// instances.
 fn instance_of(instance: &str, job: &str, instances: &Instances) -> bool {
+    instance == job
+        || instances
+            .get(job)
+            .is_some_and(|l| l.iter().any(|(n, _)| n == instance))
+}
+
+/// The planned instance called `name` (`test 2/3`, `build: [linux, amd64]`), if any.
+fn planned_instance(name: &str, instances: &Instances) -> Option<String> {
     instances
-        .get(job)
-        .is_some_and(|l| l.iter().any(|(n, _)| n == instance))
+        .values()
+        .flatten()
+        .find(|(n, _)| n == name)
+        .map(|(n, _)| n.clone())
 }
 
 struct Decision {
