@@ -227,6 +227,11 @@ fn ref_pattern_matches(pattern: &str, trigger: &Trigger) -> bool {
         "external_pull_requests" => return source == "external_pull_request_event",
         _ => {}
     }
+    // Names and regular expressions match only branch and tag pipelines, never merge
+    // request pipelines (GitLab's Policy::Refs).
+    if is_mr {
+        return false;
+    }
     // `branch@group/project` restricts to a project: the project part is not checked.
     let pattern = match pattern.rsplit_once('@') {
         Some((p, _)) if !p.starts_with('/') || p.ends_with('/') => p,
