@@ -270,6 +270,11 @@ pub struct Job {
     pub after_script: Vec<String>,
     /// Global variables this job inherits, then its own (which override them).
     pub variables: Vec<VariableDef>,
+    /// The names of the variables the job defines itself (not inherited).
+    pub own_variables: Vec<String>,
+    /// `inherit:variables`: which global variables, and so which `workflow:rules`
+    /// variables, the job takes.
+    pub inherit_variables: Inherit,
     pub rules: Option<Vec<Rule>>,
     pub only: Option<RefFilter>,
     pub except: Option<RefFilter>,
@@ -749,14 +754,16 @@ pub fn build(root: &Node) -> Result<Pipeline, Diagnostics> {
 }
 
 /// Which defaults and global variables a job takes (`inherit:`).
-enum Inherit {
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inherit {
     All,
     Nothing,
     Only(Vec<String>),
 }
 
 impl Inherit {
-    fn allows(&self, key: &str) -> bool {
+    pub fn allows(&self, key: &str) -> bool {
         match self {
             Inherit::All => true,
             Inherit::Nothing => false,
@@ -873,9 +880,11 @@ fn job(
         .filter(|v| inherit_vars.allows(&v.key))
         .cloned()
         .collect();
+    let mut own_variables = Vec::new();
     if let Some(v) = own.get("variables") {
         for def in c.variables(v, &format!("{path}:variables"), false) {
             variables.retain(|g| g.key != def.key);
+            own_variables.push(def.key.clone());
             variables.push(def);
         }
     }
@@ -1021,6 +1030,8 @@ fn job(
         script,
         after_script,
         variables,
+        own_variables,
+        inherit_variables: inherit_vars,
         rules: job_rules,
         only,
         except,
@@ -1098,12 +1109,18 @@ fn rules(c: &mut Checker, node: &Node, path: &str, workflow: bool) -> Option<Vec
             continue;
         };
         let allowed: &[&str] = if workflow {
+            // GitLab accepts start_in, allow_failure and needs in workflow:rules without
+            // effect (gitlab-org/gitlab#436473); start_in still needs `when: delayed`,
+            // which workflow:rules cannot use.
             &[
                 "if",
                 "changes",
                 "exists",
                 "when",
+                "start_in",
+                "allow_failure",
                 "variables",
+                "needs",
                 "auto_cancel",
             ]
         } else {

@@ -58,7 +58,7 @@ pub struct PlannedJob {
     pub needs: Option<Vec<PlannedNeed>>,
     /// Jobs whose artifacts this job receives.
     pub dependencies: Vec<String>,
-    /// Global, job, matrix and rule variables, later ones winning.
+    /// Global, `workflow:rules`, job, matrix and rule variables, later ones winning.
     pub variables: Vec<VariableDef>,
     pub node_index: Option<u32>,
     pub node_total: u32,
@@ -97,8 +97,29 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
+    /// The value with references to other variables expanded (what `rules:changes`
+    /// paths and `workflow:name` see).
     fn lookup(&self, name: &str) -> Option<String> {
         self.lookup_depth(name, 0)
+    }
+
+    /// The value as defined, references to other variables left as written: what
+    /// `rules:if` and `only:variables` expressions compare and `rules:exists` paths use
+    /// ("You cannot use nested variables with if", gitlab-org/gitlab#327780).
+    fn raw(&self, name: &str) -> Option<String> {
+        if let Some((_, v)) = self.owned.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        for layer in self.layers.iter().rev() {
+            if let Some((_, v)) = layer.iter().rev().find(|(k, _)| k == name) {
+                return Some(v.clone());
+            }
+        }
+        self.defs
+            .iter()
+            .rev()
+            .find_map(|defs| defs.iter().rev().find(|d| d.key == name))
+            .map(|d| d.value.clone())
     }
 
     fn lookup_depth(&self, name: &str, depth: usize) -> Option<String> {
@@ -122,8 +143,7 @@ impl Scope<'_> {
         None
     }
 
-    /// Expand `$VAR`/`${VAR}` in a definition (GitLab expands references to other
-    /// variables before evaluating rules); unknown references stay as written.
+    /// Expand `$VAR`/`${VAR}` in a definition; unknown references stay as written.
     fn expand(&self, value: &str, expand: bool, depth: usize) -> String {
         if !expand || !value.contains('$') {
             return value.to_string();
@@ -178,7 +198,7 @@ fn rule_matches(rule: &Rule, scope: &Scope<'_>, trigger: &Trigger) -> bool {
     if let Some(src) = &rule.if_expr {
         match expr::parse(src) {
             Ok(e) => {
-                if !e.evaluate(&|n| scope.lookup(n)) {
+                if !e.evaluate(&|n| scope.raw(n)) {
                     return false;
                 }
             }
@@ -200,7 +220,7 @@ fn rule_matches(rule: &Rule, scope: &Scope<'_>, trigger: &Trigger) -> bool {
     if let Some(ex) = &rule.exists {
         let paths: Vec<String> = ex
             .iter()
-            .map(|p| expand_existing(p, &|n| scope.lookup(n)))
+            .map(|p| expand_existing(p, &|n| scope.raw(n)))
             .collect();
         if !any_file_matches(&paths, &trigger.files) {
             return false;
@@ -260,7 +280,7 @@ fn filter_matches(filter: &RefFilter, scope: &Scope<'_>, trigger: &Trigger) -> V
             filter
                 .variables
                 .iter()
-                .any(|src| expr::parse(src).is_ok_and(|e| e.evaluate(&|n| scope.lookup(n)))),
+                .any(|src| expr::parse(src).is_ok_and(|e| e.evaluate(&|n| scope.raw(n)))),
         );
     }
     if !filter.changes.is_empty() {
@@ -306,6 +326,15 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     let mut pending_needs: Vec<Option<Vec<Need>>> = Vec::new();
 
     for (def_index, job) in pipeline.jobs.iter().enumerate() {
+        // workflow:rules variables override the global variables the job inherits, and
+        // the job's own variables override them.
+        let mut base_variables = job.variables.clone();
+        for w in &workflow_variables {
+            if job.inherit_variables.allows(&w.key) && !job.own_variables.contains(&w.key) {
+                base_variables.retain(|v| v.key != w.key);
+                base_variables.push(w.clone());
+            }
+        }
         let cells: Vec<Cell> = job
             .instances()
             .into_iter()
@@ -332,7 +361,7 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
             node_vars.push(("CI_JOB_STAGE".into(), job.stage.clone()));
             let scope = Scope {
                 layers: vec![&node_vars],
-                defs: vec![&workflow_variables, &job.variables, &matrix_defs],
+                defs: vec![&base_variables, &matrix_defs],
                 owned: trigger.variables.clone(),
             };
             let Some(decision) = decide(job, &scope, trigger, has_workflow_rules) else {
@@ -341,7 +370,7 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
             if decision.when == When::Never {
                 continue;
             }
-            let mut variables = job.variables.clone();
+            let mut variables = base_variables.clone();
             for d in matrix_defs.iter().chain(decision.rule_variables.iter()) {
                 variables.retain(|v| v.key != d.key);
                 variables.push(d.clone());
@@ -468,14 +497,20 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     // Jobs run stage by stage, and within a stage in file order.
     planned.sort_by_key(|p| p.stage_index);
 
-    let name = pipeline.workflow.name.as_ref().map(|n| {
-        let scope = Scope {
-            layers: vec![&trigger.predefined],
-            defs: vec![&pipeline.variables, &workflow_variables],
-            owned: trigger.variables.clone(),
-        };
-        expand_existing(n, &|v| scope.lookup(v))
-    });
+    // Leading and trailing spaces are removed; an empty name means no name.
+    let name = pipeline
+        .workflow
+        .name
+        .as_ref()
+        .map(|n| {
+            let scope = Scope {
+                layers: vec![&trigger.predefined],
+                defs: vec![&pipeline.variables, &workflow_variables],
+                owned: trigger.variables.clone(),
+            };
+            expand_existing(n, &|v| scope.lookup(v)).trim().to_string()
+        })
+        .filter(|n| !n.is_empty());
 
     let used: Vec<usize> = planned.iter().map(|p| p.stage_index).collect();
     let stages = pipeline
