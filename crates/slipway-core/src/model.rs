@@ -1614,19 +1614,23 @@ impl Job {
                 let total = rows.len() as u32;
                 rows.into_iter()
                     .enumerate()
-                    .map(|(i, row)| {
-                        let values: Vec<&str> = row.iter().map(|(_, v)| v.as_str()).collect();
-                        Instance {
-                            name: format!("{}: [{}]", self.name, values.join(", ")),
-                            node_index: Some(i as u32 + 1),
-                            node_total: total,
-                            matrix: row,
-                        }
+                    .map(|(i, row)| Instance {
+                        name: matrix_instance_name(&self.name, &row),
+                        node_index: Some(i as u32 + 1),
+                        node_total: total,
+                        matrix: row,
                     })
                     .collect()
             }
         }
     }
+}
+
+/// The name GitLab gives the instance of `job` for one matrix cell: `job: [v1, v2]`, the
+/// values in the order the cell lists its variables.
+pub fn matrix_instance_name(job: &str, cell: &[(String, String)]) -> String {
+    let values: Vec<&str> = cell.iter().map(|(_, v)| v.as_str()).collect();
+    format!("{job}: [{}]", values.join(", "))
 }
 
 /// Every combination of one matrix entry, in GitLab's order (the last variable varies
@@ -2161,6 +2165,25 @@ fn check_needs_graph(c: &mut Checker, jobs: &[Job], stages: &[String]) {
                 None => {
                     if !need.optional {
                         c.err(need.span, format!("jobs:{} undefined need: {}", job.name, need.job));
+                    }
+                }
+                Some((t, _)) if jobs[*t].parallel.is_some() && need.matrix.is_some() => {
+                    // needs:parallel:matrix names instances from the values in the order
+                    // the need gives the variables, which must match the job's order.
+                    for cell in need.matrix.iter().flatten() {
+                        let name = matrix_instance_name(&need.job, cell);
+                        if !targets.contains_key(&name) && !need.optional {
+                            c.err(
+                                need.span,
+                                format!("jobs:{} undefined need: {name}", job.name),
+                            );
+                        }
+                    }
+                    if stage_index(&jobs[*t]) > my_stage {
+                        c.err(
+                            need.span,
+                            format!("jobs:{} need '{}' is in a later stage ({}); a job can only need jobs in earlier stages or its own", job.name, need.job, jobs[*t].stage),
+                        );
                     }
                 }
                 Some((t, _)) if stage_index(&jobs[*t]) > my_stage => c.err(

@@ -7,7 +7,9 @@
 use crate::config::any_file_matches;
 use crate::diag::Diagnostics;
 use crate::expr;
-use crate::model::{AllowFailure, Job, Need, Pipeline, RefFilter, Rule, VariableDef, When};
+use crate::model::{
+    matrix_instance_name, AllowFailure, Job, Need, Pipeline, RefFilter, Rule, VariableDef, When,
+};
 use crate::source::Span;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -418,15 +420,12 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
                         .collect(),
                     Some(list) => match &need.matrix {
                         None => list.iter().map(|(n, _)| n.clone()).collect(),
-                        Some(cells) => list
+                        // GitLab names each wanted cell from the values in the order the
+                        // need lists them, and depends on the instances of those names.
+                        Some(cells) => cells
                             .iter()
-                            .filter(|(_, vars)| {
-                                cells.iter().any(|cell| {
-                                    cell.iter().all(|kv| vars.contains(kv))
-                                        && cell.len() == vars.len()
-                                })
-                            })
-                            .map(|(n, _)| n.clone())
+                            .map(|cell| matrix_instance_name(&need.job, cell))
+                            .filter(|name| list.iter().any(|(n, _)| n == name))
                             .collect(),
                     },
                 };
