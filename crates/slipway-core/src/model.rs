@@ -272,6 +272,11 @@ pub struct Job {
     pub after_script: Vec<String>,
     /// Global variables this job inherits, then its own (which override them).
     pub variables: Vec<VariableDef>,
+    /// The names of the variables the job defines itself (not inherited).
+    pub own_variables: Vec<String>,
+    /// `inherit:variables`: which global variables, and so which `workflow:rules`
+    /// variables, the job takes.
+    pub inherit_variables: Inherit,
     pub rules: Option<Vec<Rule>>,
     pub only: Option<RefFilter>,
     pub except: Option<RefFilter>,
@@ -751,14 +756,16 @@ pub fn build(root: &Node) -> Result<Pipeline, Diagnostics> {
 }
 
 /// Which defaults and global variables a job takes (`inherit:`).
-enum Inherit {
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inherit {
     All,
     Nothing,
     Only(Vec<String>),
 }
 
 impl Inherit {
-    fn allows(&self, key: &str) -> bool {
+    pub fn allows(&self, key: &str) -> bool {
         match self {
             Inherit::All => true,
             Inherit::Nothing => false,
@@ -875,9 +882,11 @@ fn job(
         .filter(|v| inherit_vars.allows(&v.key))
         .cloned()
         .collect();
+    let mut own_variables = Vec::new();
     if let Some(v) = own.get("variables") {
         for def in c.variables(v, &format!("{path}:variables"), false) {
             variables.retain(|g| g.key != def.key);
+            own_variables.push(def.key.clone());
             variables.push(def);
         }
     }
@@ -892,7 +901,8 @@ fn job(
         .get("except")
         .and_then(|o| ref_filter(c, o, &format!("{path}:except")));
     if job_rules.is_some() {
-        for k in ["only", "except"] {
+        // With rules, `when: delayed` and `start_in` belong in the rules.
+        for k in ["only", "except", "start_in"] {
             if let Some(key) = own.key(k) {
                 c.err(
                     key.span,
@@ -927,16 +937,15 @@ fn job(
         }
         None => None,
     };
-    let rules_delayed = job_rules
-        .as_ref()
-        .is_some_and(|r| r.iter().any(|r| r.when == Some(When::Delayed)));
-    if when == When::Delayed && start_in.is_none() && !rules_delayed {
+    // GitLab's job validations: a delayed job needs a start_in (which a job with rules
+    // cannot have at the job level), and start_in is only for delayed jobs.
+    if when == When::Delayed && start_in.is_none() {
         c.err(
             span,
             format!("{path} start in should be a duration when `when` is delayed"),
         );
     }
-    if start_in.is_some() && when != When::Delayed && !rules_delayed {
+    if start_in.is_some() && when != When::Delayed && job_rules.is_none() {
         c.err(
             own.key("start_in").map(|k| k.span).unwrap_or(span),
             format!("{path} start in must be blank when not delayed"),
@@ -1023,6 +1032,8 @@ fn job(
         script,
         after_script,
         variables,
+        own_variables,
+        inherit_variables: inherit_vars,
         rules: job_rules,
         only,
         except,
@@ -1100,12 +1111,18 @@ fn rules(c: &mut Checker, node: &Node, path: &str, workflow: bool) -> Option<Vec
             continue;
         };
         let allowed: &[&str] = if workflow {
+            // GitLab accepts start_in, allow_failure and needs in workflow:rules without
+            // effect (gitlab-org/gitlab#436473); start_in still needs `when: delayed`,
+            // which workflow:rules cannot use.
             &[
                 "if",
                 "changes",
                 "exists",
                 "when",
+                "start_in",
+                "allow_failure",
                 "variables",
+                "needs",
                 "auto_cancel",
             ]
         } else {
@@ -1212,9 +1229,16 @@ fn rules(c: &mut Checker, node: &Node, path: &str, workflow: bool) -> Option<Vec
             }
         }
         if let Some(s) = m.get("start_in") {
-            rule.start_in = c
-                .duration(s, &format!("{path}:rule:start_in"))
-                .map(|(t, _)| t);
+            let d = c.duration(s, &format!("{path}:rule:start_in"));
+            if let Some((_, secs)) = &d {
+                if *secs > 7 * 86_400 {
+                    c.err(
+                        s.span,
+                        format!("{path}:rule:start_in should be a duration up to one week"),
+                    );
+                }
+            }
+            rule.start_in = d.map(|(t, _)| t);
             if rule.when != Some(When::Delayed) {
                 c.err(
                     s.span,
@@ -1553,6 +1577,62 @@ fn parallel_matrix(c: &mut Checker, node: &Node, path: &str) -> Option<Vec<Matri
         out.push(entry);
     }
     Some(out)
+}
+
+/// One job as GitLab creates it from a definition: `test 2/3` for `parallel: 3`,
+/// `build: [linux, amd64]` for a matrix cell, or the definition itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub name: String,
+    /// `CI_NODE_INDEX`, for parallel jobs only.
+    pub node_index: Option<u32>,
+    /// `CI_NODE_TOTAL`.
+    pub node_total: u32,
+    /// The matrix variables of this cell.
+    pub matrix: Vec<(String, String)>,
+}
+
+impl Job {
+    /// The jobs this definition creates, in GitLab's order.
+    pub fn instances(&self) -> Vec<Instance> {
+        match &self.parallel {
+            None => vec![Instance {
+                name: self.name.clone(),
+                node_index: None,
+                node_total: 1,
+                matrix: Vec::new(),
+            }],
+            Some(Parallel::Count(n)) => (1..=*n)
+                .map(|i| Instance {
+                    name: format!("{} {i}/{n}", self.name),
+                    node_index: Some(i),
+                    node_total: *n,
+                    matrix: Vec::new(),
+                })
+                .collect(),
+            Some(Parallel::Matrix(entries)) => {
+                let rows: Vec<Vec<(String, String)>> =
+                    entries.iter().flat_map(|e| cross(e)).collect();
+                let total = rows.len() as u32;
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(i, row)| Instance {
+                        name: matrix_instance_name(&self.name, &row),
+                        node_index: Some(i as u32 + 1),
+                        node_total: total,
+                        matrix: row,
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The name GitLab gives the instance of `job` for one matrix cell: `job: [v1, v2]`, the
+/// values in the order the cell lists its variables.
+pub fn matrix_instance_name(job: &str, cell: &[(String, String)]) -> String {
+    let values: Vec<&str> = cell.iter().map(|(_, v)| v.as_str()).collect();
+    format!("{job}: [{}]", values.join(", "))
 }
 
 /// Every combination of one matrix entry, in GitLab's order (the last variable varies
@@ -2061,43 +2141,78 @@ fn services(c: &mut Checker, node: &Node, path: &str) -> Vec<Service> {
 /// Static checks of `needs` and `dependencies` across jobs: unknown jobs, jobs in later
 /// stages, and cycles. Whether a needed job survives rules is checked when planning.
 fn check_needs_graph(c: &mut Checker, jobs: &[Job], stages: &[String]) {
-    let stage_of: HashMap<&str, usize> = jobs
-        .iter()
-        .map(|j| {
-            (
-                j.name.as_str(),
-                stages.iter().position(|s| *s == j.stage).unwrap_or(0),
-            )
-        })
-        .collect();
+    // A need or dependency names a job definition (meaning all of its parallel
+    // instances) or one generated instance such as `build: [linux, amd64]`.
+    let mut targets: HashMap<String, (usize, Vec<String>)> = HashMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        let instances: Vec<String> = j.instances().into_iter().map(|x| x.name).collect();
+        if j.parallel.is_some() {
+            for name in &instances {
+                targets
+                    .entry(name.clone())
+                    .or_insert_with(|| (i, vec![name.clone()]));
+            }
+        }
+        targets.insert(j.name.clone(), (i, instances));
+    }
+    let stage_index = |j: &Job| stages.iter().position(|s| *s == j.stage).unwrap_or(0);
     for job in jobs {
-        let my_stage = stage_of.get(job.name.as_str()).copied().unwrap_or(0);
+        let my_stage = stage_index(job);
         let mut all_needs: Vec<&Need> = job.needs.iter().flatten().collect();
         for r in job.rules.iter().flatten() {
             all_needs.extend(r.needs.iter().flatten());
         }
         for need in all_needs {
-            match stage_of.get(need.job.as_str()) {
+            match targets.get(need.job.as_str()) {
                 None => {
                     if !need.optional {
                         c.err(need.span, format!("jobs:{} undefined need: {}", job.name, need.job));
                     }
                 }
-                Some(s) if *s > my_stage => c.err(
+                Some((t, _)) if jobs[*t].parallel.is_some() && need.matrix.is_some() => {
+                    // needs:parallel:matrix names instances from the values in the order
+                    // the need gives the variables, which must match the job's order.
+                    for cell in need.matrix.iter().flatten() {
+                        let name = matrix_instance_name(&need.job, cell);
+                        if !targets.contains_key(&name) && !need.optional {
+                            c.err(
+                                need.span,
+                                format!("jobs:{} undefined need: {name}", job.name),
+                            );
+                        }
+                    }
+                    if stage_index(&jobs[*t]) > my_stage {
+                        c.err(
+                            need.span,
+                            format!("jobs:{} need '{}' is in a later stage ({}); a job can only need jobs in earlier stages or its own", job.name, need.job, jobs[*t].stage),
+                        );
+                    }
+                }
+                Some((t, _)) if stage_index(&jobs[*t]) > my_stage => c.err(
                     need.span,
-                    format!("jobs:{} need '{}' is in a later stage ({}); a job can only need jobs in earlier stages or its own", job.name, need.job, stages[*s]),
+                    format!("jobs:{} need '{}' is in a later stage ({}); a job can only need jobs in earlier stages or its own", job.name, need.job, jobs[*t].stage),
                 ),
                 Some(_) => {}
             }
         }
         if let Some(deps) = &job.dependencies {
+            let needed: Vec<&String> = job
+                .needs
+                .iter()
+                .flatten()
+                .filter_map(|n| targets.get(n.job.as_str()))
+                .flat_map(|(_, names)| names)
+                .collect();
             for d in deps {
-                match stage_of.get(d.as_str()) {
-                    Some(s) if *s < my_stage => {}
+                let target = targets.get(d.as_str());
+                match target {
+                    Some((t, _)) if stage_index(&jobs[*t]) < my_stage => {}
                     _ => c.err(job.span, format!("jobs:{} dependencies: job `{d}` is not defined in current or prior stages", job.name)),
                 }
-                if let Some(needs) = &job.needs {
-                    if !needs.iter().any(|n| &n.job == d) {
+                if job.needs.is_some() {
+                    let covered =
+                        target.is_some_and(|(_, names)| names.iter().all(|n| needed.contains(&n)));
+                    if !covered {
                         c.err(
                             job.span,
                             format!(
@@ -2111,10 +2226,9 @@ fn check_needs_graph(c: &mut Checker, jobs: &[Job], stages: &[String]) {
         }
     }
     // Cycles through `needs` (possible within one stage).
-    let index: HashMap<&str, usize> = jobs
+    let index: HashMap<&str, usize> = targets
         .iter()
-        .enumerate()
-        .map(|(i, j)| (j.name.as_str(), i))
+        .map(|(name, (i, _))| (name.as_str(), *i))
         .collect();
     let mut state = vec![0u8; jobs.len()]; // 0 new, 1 on stack, 2 done
     for start in 0..jobs.len() {

@@ -8,8 +8,7 @@ use crate::config::any_file_matches;
 use crate::diag::Diagnostics;
 use crate::expr;
 use crate::model::{
-    cross, AllowFailure, Job, MatrixCell, Need, Parallel, Pipeline, RefFilter, Rule, VariableDef,
-    When,
+    matrix_instance_name, AllowFailure, Job, Need, Pipeline, RefFilter, Rule, VariableDef, When,
 };
 use crate::source::Span;
 use serde::Serialize;
@@ -61,7 +60,7 @@ pub struct PlannedJob {
     pub needs: Option<Vec<PlannedNeed>>,
     /// Jobs whose artifacts this job receives.
     pub dependencies: Vec<String>,
-    /// Global, job, matrix and rule variables, later ones winning.
+    /// Global, `workflow:rules`, job, matrix and rule variables, later ones winning.
     pub variables: Vec<VariableDef>,
     pub node_index: Option<u32>,
     pub node_total: u32,
@@ -87,8 +86,10 @@ pub enum NoPipeline {
 
 pub type PlanResult = Result<Result<Plan, NoPipeline>, Diagnostics>;
 
-/// Per job definition, its planned instances: name and matrix cell.
-type Instances<'a> = HashMap<&'a str, Vec<(String, MatrixCell)>>;
+/// Per job definition: the planned name of each instance with its matrix values.
+type Instances<'a> = HashMap<&'a str, Vec<(String, Vec<(String, String)>)>>;
+/// One instance of a job before rules: name, CI_NODE_INDEX, CI_NODE_TOTAL, matrix values.
+type Cell = (String, Option<u32>, u32, Vec<(String, String)>);
 
 /// Variables visible to an expression, resolved by name.
 struct Scope<'a> {
@@ -98,8 +99,29 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
+    /// The value with references to other variables expanded (what `rules:changes`
+    /// paths and `workflow:name` see).
     fn lookup(&self, name: &str) -> Option<String> {
         self.lookup_depth(name, 0)
+    }
+
+    /// The value as defined, references to other variables left as written: what
+    /// `rules:if` and `only:variables` expressions compare and `rules:exists` paths use
+    /// ("You cannot use nested variables with if", gitlab-org/gitlab#327780).
+    fn raw(&self, name: &str) -> Option<String> {
+        if let Some((_, v)) = self.owned.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        for layer in self.layers.iter().rev() {
+            if let Some((_, v)) = layer.iter().rev().find(|(k, _)| k == name) {
+                return Some(v.clone());
+            }
+        }
+        self.defs
+            .iter()
+            .rev()
+            .find_map(|defs| defs.iter().rev().find(|d| d.key == name))
+            .map(|d| d.value.clone())
     }
 
     fn lookup_depth(&self, name: &str, depth: usize) -> Option<String> {
@@ -123,8 +145,7 @@ impl Scope<'_> {
         None
     }
 
-    /// Expand `$VAR`/`${VAR}` in a definition (GitLab expands references to other
-    /// variables before evaluating rules); unknown references stay as written.
+    /// Expand `$VAR`/`${VAR}` in a definition; unknown references stay as written.
     fn expand(&self, value: &str, expand: bool, depth: usize) -> String {
         if !expand || !value.contains('$') {
             return value.to_string();
@@ -179,7 +200,7 @@ fn rule_matches(rule: &Rule, scope: &Scope<'_>, trigger: &Trigger) -> bool {
     if let Some(src) = &rule.if_expr {
         match expr::parse(src) {
             Ok(e) => {
-                if !e.evaluate(&|n| scope.lookup(n)) {
+                if !e.evaluate(&|n| scope.raw(n)) {
                     return false;
                 }
             }
@@ -201,7 +222,7 @@ fn rule_matches(rule: &Rule, scope: &Scope<'_>, trigger: &Trigger) -> bool {
     if let Some(ex) = &rule.exists {
         let paths: Vec<String> = ex
             .iter()
-            .map(|p| expand_existing(p, &|n| scope.lookup(n)))
+            .map(|p| expand_existing(p, &|n| scope.raw(n)))
             .collect();
         if !any_file_matches(&paths, &trigger.files) {
             return false;
@@ -227,6 +248,11 @@ fn ref_pattern_matches(pattern: &str, trigger: &Trigger) -> bool {
         "chat" => return source == "chat",
         "external_pull_requests" => return source == "external_pull_request_event",
         _ => {}
+    }
+    // Names and regular expressions match only branch and tag pipelines, never merge
+    // request pipelines (GitLab's Policy::Refs).
+    if is_mr {
+        return false;
     }
     // `branch@group/project` restricts to a project: the project part is not checked.
     let pattern = match pattern.rsplit_once('@') {
@@ -256,7 +282,7 @@ fn filter_matches(filter: &RefFilter, scope: &Scope<'_>, trigger: &Trigger) -> V
             filter
                 .variables
                 .iter()
-                .any(|src| expr::parse(src).is_ok_and(|e| e.evaluate(&|n| scope.lookup(n)))),
+                .any(|src| expr::parse(src).is_ok_and(|e| e.evaluate(&|n| scope.raw(n)))),
         );
     }
     if !filter.changes.is_empty() {
@@ -297,34 +323,25 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
 
     let mut planned: Vec<PlannedJob> = Vec::new();
     // Per job definition: the planned names of its instances (for needs on parallel jobs).
-    let mut instances: Instances<'_> = HashMap::new();
+    let mut instances: Instances = HashMap::new();
     // The rule-chosen needs of each planned job, resolved once every job is planned.
     let mut pending_needs: Vec<Option<Vec<Need>>> = Vec::new();
 
     for (def_index, job) in pipeline.jobs.iter().enumerate() {
-        let cells: Vec<(String, Option<u32>, u32, MatrixCell)> = match &job.parallel {
-            None => vec![(job.name.clone(), None, 1, Vec::new())],
-            Some(Parallel::Count(n)) => (1..=*n)
-                .map(|i| (format!("{} {i}/{n}", job.name), Some(i), *n, Vec::new()))
-                .collect(),
-            Some(Parallel::Matrix(entries)) => {
-                let rows: Vec<Vec<(String, String)>> =
-                    entries.iter().flat_map(|e| cross(e)).collect();
-                let total = rows.len() as u32;
-                rows.into_iter()
-                    .enumerate()
-                    .map(|(i, row)| {
-                        let values: Vec<&str> = row.iter().map(|(_, v)| v.as_str()).collect();
-                        (
-                            format!("{}: [{}]", job.name, values.join(", ")),
-                            Some(i as u32 + 1),
-                            total,
-                            row,
-                        )
-                    })
-                    .collect()
+        // workflow:rules variables override the global variables the job inherits, and
+        // the job's own variables override them.
+        let mut base_variables = job.variables.clone();
+        for w in &workflow_variables {
+            if job.inherit_variables.allows(&w.key) && !job.own_variables.contains(&w.key) {
+                base_variables.retain(|v| v.key != w.key);
+                base_variables.push(w.clone());
             }
-        };
+        }
+        let cells: Vec<Cell> = job
+            .instances()
+            .into_iter()
+            .map(|i| (i.name, i.node_index, i.node_total, i.matrix))
+            .collect();
         for (name, node_index, node_total, matrix) in cells {
             let matrix_defs: Vec<VariableDef> = matrix
                 .iter()
@@ -346,7 +363,7 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
             node_vars.push(("CI_JOB_STAGE".into(), job.stage.clone()));
             let scope = Scope {
                 layers: vec![&node_vars],
-                defs: vec![&workflow_variables, &job.variables, &matrix_defs],
+                defs: vec![&base_variables, &matrix_defs],
                 owned: trigger.variables.clone(),
             };
             let Some(decision) = decide(job, &scope, trigger, has_workflow_rules) else {
@@ -355,7 +372,7 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
             if decision.when == When::Never {
                 continue;
             }
-            let mut variables = job.variables.clone();
+            let mut variables = base_variables.clone();
             for d in matrix_defs.iter().chain(decision.rule_variables.iter()) {
                 variables.retain(|v| v.key != d.key);
                 variables.push(d.clone());
@@ -397,18 +414,18 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
             let mut out = Vec::new();
             for need in needs {
                 let targets: Vec<String> = match instances.get(need.job.as_str()) {
-                    None => Vec::new(),
+                    // A generated instance named directly: `build: [linux, amd64]`.
+                    None => planned_instance(&need.job, &instances)
+                        .into_iter()
+                        .collect(),
                     Some(list) => match &need.matrix {
                         None => list.iter().map(|(n, _)| n.clone()).collect(),
-                        Some(cells) => list
+                        // GitLab names each wanted cell from the values in the order the
+                        // need lists them, and depends on the instances of those names.
+                        Some(cells) => cells
                             .iter()
-                            .filter(|(_, vars)| {
-                                cells.iter().any(|cell| {
-                                    cell.iter().all(|kv| vars.contains(kv))
-                                        && cell.len() == vars.len()
-                                })
-                            })
-                            .map(|(n, _)| n.clone())
+                            .map(|cell| matrix_instance_name(&need.job, cell))
+                            .filter(|name| list.iter().any(|(n, _)| n == name))
                             .collect(),
                     },
                 };
@@ -457,11 +474,9 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
                 .collect(),
             (None, Some(deps)) => deps
                 .iter()
-                .flat_map(|d| {
-                    instances
-                        .get(d.as_str())
-                        .map(|l| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
-                        .unwrap_or_default()
+                .flat_map(|d| match instances.get(d.as_str()) {
+                    Some(l) => l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                    None => planned_instance(d, &instances).into_iter().collect(),
                 })
                 .collect(),
             (None, None) => planned
@@ -481,14 +496,20 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     // Jobs run stage by stage, and within a stage in file order.
     planned.sort_by_key(|p| p.stage_index);
 
-    let name = pipeline.workflow.name.as_ref().map(|n| {
-        let scope = Scope {
-            layers: vec![&trigger.predefined],
-            defs: vec![&pipeline.variables, &workflow_variables],
-            owned: trigger.variables.clone(),
-        };
-        expand_existing(n, &|v| scope.lookup(v))
-    });
+    // Leading and trailing spaces are removed; an empty name means no name.
+    let name = pipeline
+        .workflow
+        .name
+        .as_ref()
+        .map(|n| {
+            let scope = Scope {
+                layers: vec![&trigger.predefined],
+                defs: vec![&pipeline.variables, &workflow_variables],
+                owned: trigger.variables.clone(),
+            };
+            expand_existing(n, &|v| scope.lookup(v)).trim().to_string()
+        })
+        .filter(|n| !n.is_empty());
 
     let used: Vec<usize> = planned.iter().map(|p| p.stage_index).collect();
     let stages = pipeline
@@ -507,10 +528,22 @@ pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     }))
 }
 
-fn instance_of(instance: &str, job: &str, instances: &Instances<'_>) -> bool {
+/// Whether `instance` is `job` itself (a generated instance named directly) or one of its
+/// instances.
+fn instance_of(instance: &str, job: &str, instances: &Instances) -> bool {
+    instance == job
+        || instances
+            .get(job)
+            .is_some_and(|l| l.iter().any(|(n, _)| n == instance))
+}
+
+/// The planned instance called `name` (`test 2/3`, `build: [linux, amd64]`), if any.
+fn planned_instance(name: &str, instances: &Instances) -> Option<String> {
     instances
-        .get(job)
-        .is_some_and(|l| l.iter().any(|(n, _)| n == instance))
+        .values()
+        .flatten()
+        .find(|(n, _)| n == name)
+        .map(|(n, _)| n.clone())
 }
 
 struct Decision {

@@ -14,6 +14,8 @@
 //! --- plan                    the expected jobs, one line each:
 //! NAME | STAGE | WHEN | allow_failure=BOOL | needs=-|[]|a,b
 //! --- plan-variables JOB      optional: KEY=VALUE lines the planned job must carry
+//! --- plan-name               optional: the pipeline's name (`workflow:name`), expanded;
+//!                             empty when the pipeline has no name
 //! --- errors                  or: expected errors, one per line: LINE:COL: substring
 //! --- filtered                or: no pipeline (workflow:rules filtered it out)
 //! ```
@@ -29,6 +31,7 @@ struct Case {
     context: String,
     plan: Option<Vec<String>>,
     plan_variables: Vec<(String, Vec<String>)>,
+    plan_name: Option<String>,
     errors: Option<Vec<String>>,
     filtered: bool,
 }
@@ -40,6 +43,7 @@ fn parse_case(name: &str, text: &str) -> Case {
         context: String::new(),
         plan: None,
         plan_variables: Vec::new(),
+        plan_name: None,
         errors: None,
         filtered: false,
     };
@@ -60,6 +64,8 @@ fn parse_case(name: &str, text: &str) -> Case {
             case.plan = Some(lines());
         } else if let Some(job) = s.strip_prefix("plan-variables ") {
             case.plan_variables.push((job.trim().to_string(), lines()));
+        } else if s == "plan-name" {
+            case.plan_name = Some(body.trim().to_string());
         } else if s == "errors" {
             case.errors = Some(lines());
         } else if s == "filtered" {
@@ -240,6 +246,12 @@ fn run_case(case: &Case) -> Result<(), String> {
                         expected.join("\n  "),
                         rendered.join("\n  ")
                     ));
+                }
+            }
+            if let Some(expected) = &case.plan_name {
+                let got = plan.name.clone().unwrap_or_default();
+                if &got != expected {
+                    return Err(format!("pipeline name: expected {expected:?}, got {got:?}"));
                 }
             }
             for (job, vars) in &case.plan_variables {
