@@ -9,11 +9,11 @@ use crate::source::{FileId, SourceLoader, SourceMap, Span};
 use crate::yaml::{self, Key, Map, Node, Value};
 use std::collections::HashSet;
 
-/// GitLab's limit on the number of included files in one pipeline.
+/// GitLab's limit on the number of included files in one pipeline. A file included twice
+/// counts twice, so this also stops include loops (and bounds include nesting).
 pub const MAX_INCLUDES: usize = 150;
-/// GitLab's limit on include nesting.
-pub const MAX_INCLUDE_DEPTH: usize = 100;
-/// GitLab's limit on `extends` inheritance depth.
+/// GitLab's limit on `extends`: a template with more than this many jobs and templates
+/// extending it below may not extend further (eleven levels of inheritance in all).
 pub const MAX_EXTENDS_DEPTH: usize = 10;
 /// GitLab's limit on `!reference` nesting.
 pub const MAX_REFERENCE_DEPTH: usize = 10;
@@ -77,6 +77,16 @@ fn load_root(
     ctx: &IncludeContext<'_>,
 ) -> Loaded {
     let text = sources.get(id).map(|f| f.text.clone()).unwrap_or_default();
+    if text.trim().is_empty() {
+        let mut diags = Diagnostics::new();
+        diags.push(file_start(id), "Please provide content of .gitlab-ci.yml");
+        return Loaded {
+            sources,
+            root: None,
+            diags,
+            broken: Vec::new(),
+        };
+    }
     let mut node = match parse_file(id, &text) {
         Ok(n) => n,
         Err(diags) => {
@@ -92,11 +102,10 @@ fn load_root(
         loader,
         ctx,
         sources: &mut sources,
-        seen: HashSet::new(),
         count: 0,
         diags: Diagnostics::new(),
     };
-    expand_includes(&mut node, 0, &mut state);
+    expand_includes(&mut node, &mut state);
     let mut diags = state.diags;
     if !diags.is_empty() {
         // A missing or broken include would make every later check misleading.
@@ -133,7 +142,7 @@ fn parse_file(id: FileId, text: &str) -> Result<Node, Diagnostics> {
                 diags.push(
                     node.span,
                     format!(
-                        "the pipeline configuration must be a hash of keywords and jobs, not {}",
+                        "Invalid configuration format: the pipeline configuration must be a hash of keywords and jobs, not {}",
                         a_type(&node)
                     ),
                 );
@@ -162,13 +171,12 @@ struct IncludeState<'a, 'b> {
     loader: &'a dyn SourceLoader,
     ctx: &'a IncludeContext<'b>,
     sources: &'a mut SourceMap,
-    seen: HashSet<String>,
     count: usize,
     diags: Diagnostics,
 }
 
 /// Replace `node`'s `include:` with the deep merge of the included files beneath it.
-fn expand_includes(node: &mut Node, depth: usize, state: &mut IncludeState<'_, '_>) {
+fn expand_includes(node: &mut Node, state: &mut IncludeState<'_, '_>) {
     let Some(map) = node.as_map_mut() else { return };
     let Some(include) = map.remove("include") else {
         return;
@@ -180,8 +188,8 @@ fn expand_includes(node: &mut Node, depth: usize, state: &mut IncludeState<'_, '
     };
     let mut merged: Option<Node> = None;
     for item in items {
-        for mut included in include_item(&item, depth, state) {
-            expand_includes(&mut included, depth + 1, state);
+        for mut included in include_item(&item, state) {
+            expand_includes(&mut included, state);
             merged = Some(match merged {
                 None => included,
                 Some(base) => deep_merge(base, included),
@@ -197,7 +205,7 @@ fn expand_includes(node: &mut Node, depth: usize, state: &mut IncludeState<'_, '
 }
 
 /// Load the files one `include:` entry names (several for a glob).
-fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> Vec<Node> {
+fn include_item(item: &Node, state: &mut IncludeState<'_, '_>) -> Vec<Node> {
     let span = item.span;
     let (local, item_map) = match &item.value {
         Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
@@ -284,26 +292,15 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
             }
         }
     }
-    if depth >= MAX_INCLUDE_DEPTH {
-        state.diags.push(
-            span,
-            format!("Nested includes are limited to {MAX_INCLUDE_DEPTH} levels"),
-        );
-        return Vec::new();
-    }
     let pattern = local.trim_start_matches('/').to_string();
     let paths: Vec<String> = if pattern.contains('*') {
-        let glob = globset::GlobBuilder::new(&pattern)
-            .literal_separator(true)
-            .build()
-            .map(|g| g.compile_matcher());
-        match glob {
-            Ok(m) => {
+        match wildcard_regex(&pattern) {
+            Ok(re) => {
                 let mut found: Vec<String> = state
                     .loader
                     .list()
                     .into_iter()
-                    .filter(|p| m.is_match(p))
+                    .filter(|p| re.is_match(p))
                     .collect();
                 found.sort();
                 found
@@ -320,19 +317,15 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
     };
     let mut out = Vec::new();
     for path in paths {
-        if !(path.ends_with(".yml") || path.ends_with(".yaml")) {
+        if !has_yaml_extension(&path) {
             state.diags.push(
                 span,
                 format!("Included file `{path}` does not have YAML extension!"),
             );
             continue;
         }
-        if !state.seen.insert(path.clone()) {
-            state
-                .diags
-                .push(span, format!("Include `{path}` was already included!"));
-            continue;
-        }
+        // The same file may be included several times (GitLab 15.10 and later); every
+        // inclusion counts towards the limit.
         state.count += 1;
         if state.count > MAX_INCLUDES {
             state.diags.push(
@@ -350,6 +343,12 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
                 continue;
             }
         };
+        if text.trim().is_empty() {
+            state
+                .diags
+                .push(span, format!("Local file `{path}` is empty!"));
+            continue;
+        }
         let id = state.sources.add(path.clone(), text.clone());
         match parse_file(id, &text) {
             Ok(node) => out.push(node),
@@ -357,6 +356,36 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
         }
     }
     out
+}
+
+/// GitLab's test for an included file name: `/.+\.(yml|yaml)$/i` on the file's base name.
+fn has_yaml_extension(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    [".yml", ".yaml"]
+        .iter()
+        .any(|ext| base.len() > ext.len() && base.ends_with(ext))
+}
+
+/// An `include:local` wildcard as GitLab matches it against the repository's paths: the
+/// pattern is taken literally except that `**` matches anything (including `/`) and `*`
+/// anything but `/`, and it must match the whole path. So `configs/**.yml` reaches every
+/// subfolder while `configs/**/*.yml` needs at least one.
+fn wildcard_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    let mut re = String::from("^");
+    let mut rest = pattern;
+    while let Some(i) = rest.find('*') {
+        re.push_str(&regex::escape(&rest[..i]));
+        if rest[i..].starts_with("**") {
+            re.push_str(".*?");
+            rest = &rest[i + 2..];
+        } else {
+            re.push_str("[^/]*?");
+            rest = &rest[i + 1..];
+        }
+    }
+    re.push_str(&regex::escape(rest));
+    re.push('$');
+    regex::Regex::new(&re)
 }
 
 /// `include:rules`: `if`, `exists` and `when` (`never` or `always`), first match wins; no
@@ -532,6 +561,26 @@ fn resolve_in(node: &mut Node, root: &Node, chain: &mut Vec<Vec<String>>, diags:
     }
 }
 
+/// A value written the way Ruby's `inspect` shows it in GitLab's messages: `[".a", 1]`.
+pub fn ruby_inspect(node: &Node) -> String {
+    match &node.value {
+        Value::Null => "nil".to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Seq(items) => {
+            let inner: Vec<String> = items.iter().map(ruby_inspect).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        Value::Map(m) => {
+            let inner: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{:?}=>{}", k.name, ruby_inspect(v)))
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        }
+        _ => node.scalar_string().unwrap_or_default(),
+    }
+}
+
 fn reference_text(path: &[String]) -> String {
     let inner: Vec<String> = path.iter().map(|p| format!("{p:?}")).collect();
     format!("!reference [{}]", inner.join(", "))
@@ -550,7 +599,10 @@ fn follow_reference(
     let Some(path) = path else {
         diags.push(
             node.span,
-            "!reference is not valid: it needs a non-empty list of key names, such as !reference [.setup, script]",
+            format!(
+                "!reference {} is not valid: it needs a non-empty list of key names, such as !reference [.setup, script]",
+                ruby_inspect(node)
+            ),
         );
         return None;
     };
@@ -673,7 +725,7 @@ fn extend_one(
         }
         return None;
     }
-    if stack.len() >= MAX_EXTENDS_DEPTH {
+    if stack.len() > MAX_EXTENDS_DEPTH {
         diags.push(ext.span, format!("{name}: nesting too deep in `extends`"));
         return None;
     }
