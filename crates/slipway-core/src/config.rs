@@ -15,8 +15,10 @@ pub const MAX_INCLUDES: usize = 150;
 /// GitLab's limit on `extends`: a template with more than this many jobs and templates
 /// extending it below may not extend further (eleven levels of inheritance in all).
 pub const MAX_EXTENDS_DEPTH: usize = 10;
-/// GitLab's limit on `!reference` nesting.
-pub const MAX_REFERENCE_DEPTH: usize = 10;
+/// `!reference` chains deeper than this are refused. GitLab sets no limit of its own (in
+/// `script` the nested arrays stop at 10 levels anyway); this only keeps resolution far
+/// from the stack limit.
+pub const MAX_REFERENCE_DEPTH: usize = 100;
 
 /// What include rules (`include:rules`) may look at: the pipeline's predefined and
 /// project variables and the repository's file list.
@@ -518,9 +520,10 @@ fn resolve_references(root: &mut Node, diags: &mut Diagnostics, broken: &mut Vec
     }
     let snapshot = root.clone();
     let Some(map) = root.as_map_mut() else { return };
+    let mut refs = Refs::default();
     for (k, v) in map.entries.iter_mut() {
         let before = diags.len();
-        resolve_in(v, &snapshot, &mut Vec::new(), diags);
+        resolve_in(v, &snapshot, &mut refs, diags);
         if diags.len() > before {
             broken.push(k.name.clone());
         }
@@ -538,9 +541,18 @@ fn contains_reference(node: &Node) -> bool {
     }
 }
 
-fn resolve_in(node: &mut Node, root: &Node, chain: &mut Vec<Vec<String>>, diags: &mut Diagnostics) {
+/// The state of `!reference` resolution: the chain of references being followed (to find
+/// cycles) and how many nodes they produced so far (shared fragments referenced again and
+/// again can grow exponentially, like YAML aliases).
+#[derive(Default)]
+struct Refs {
+    chain: Vec<Vec<String>>,
+    nodes: usize,
+}
+
+fn resolve_in(node: &mut Node, root: &Node, refs: &mut Refs, diags: &mut Diagnostics) {
     if node.tag.as_deref() == Some("reference") {
-        match follow_reference(node, root, chain, diags) {
+        match follow_reference(node, root, refs, diags) {
             Some(resolved) => *node = resolved,
             None => {
                 node.tag = None;
@@ -552,11 +564,11 @@ fn resolve_in(node: &mut Node, root: &Node, chain: &mut Vec<Vec<String>>, diags:
     match &mut node.value {
         Value::Seq(items) => items
             .iter_mut()
-            .for_each(|i| resolve_in(i, root, chain, diags)),
+            .for_each(|i| resolve_in(i, root, refs, diags)),
         Value::Map(m) => m
             .entries
             .iter_mut()
-            .for_each(|(_, v)| resolve_in(v, root, chain, diags)),
+            .for_each(|(_, v)| resolve_in(v, root, refs, diags)),
         _ => {}
     }
 }
@@ -581,6 +593,20 @@ pub fn ruby_inspect(node: &Node) -> String {
     }
 }
 
+fn node_count(node: &Node) -> usize {
+    let mut count = 0;
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        count += 1;
+        match &n.value {
+            Value::Seq(items) => stack.extend(items.iter()),
+            Value::Map(m) => stack.extend(m.entries.iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+    count
+}
+
 fn reference_text(path: &[String]) -> String {
     let inner: Vec<String> = path.iter().map(|p| format!("{p:?}")).collect();
     format!("!reference [{}]", inner.join(", "))
@@ -589,7 +615,7 @@ fn reference_text(path: &[String]) -> String {
 fn follow_reference(
     node: &Node,
     root: &Node,
-    chain: &mut Vec<Vec<String>>,
+    refs: &mut Refs,
     diags: &mut Diagnostics,
 ) -> Option<Node> {
     let path: Option<Vec<String>> = node
@@ -606,18 +632,18 @@ fn follow_reference(
         );
         return None;
     };
-    if chain.contains(&path) {
+    if refs.chain.contains(&path) {
         diags.push(
             node.span,
             format!("{} is part of a circular chain", reference_text(&path)),
         );
         return None;
     }
-    if chain.len() >= MAX_REFERENCE_DEPTH {
+    if refs.chain.len() >= MAX_REFERENCE_DEPTH {
         diags.push(
             node.span,
             format!(
-                "{} is nested too deeply: !reference tags can be nested up to {MAX_REFERENCE_DEPTH} levels",
+                "{} is nested too deeply: more than {MAX_REFERENCE_DEPTH} !reference tags in a chain",
                 reference_text(&path)
             ),
         );
@@ -634,10 +660,21 @@ fn follow_reference(
         );
         return None;
     };
+    refs.nodes += node_count(target);
+    if refs.nodes > yaml::MAX_NODES {
+        diags.push(
+            node.span,
+            format!(
+                "{} makes the configuration too large after resolving !reference tags",
+                reference_text(&path)
+            ),
+        );
+        return None;
+    }
     let mut value = target.clone();
-    chain.push(path);
-    resolve_in(&mut value, root, chain, diags);
-    chain.pop();
+    refs.chain.push(path);
+    resolve_in(&mut value, root, refs, diags);
+    refs.chain.pop();
     // The value keeps its own span (where it is defined) for later error messages.
     Some(value)
 }
@@ -783,5 +820,33 @@ pub fn key(name: &str, span: Span) -> Key {
     Key {
         name: name.to_string(),
         span,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MemoryLoader;
+
+    #[test]
+    fn exponential_references_are_refused() {
+        // Each level references the previous one twice: 2^40 strings if resolved.
+        let mut text = String::from(".r0: [x, x, x, x, x, x, x, x]\n");
+        for i in 1..40 {
+            let p = i - 1;
+            text.push_str(&format!(
+                ".r{i}: [!reference [.r{p}], !reference [.r{p}]]\n"
+            ));
+        }
+        text.push_str("job:\n  script: [!reference [.r39]]\n");
+        let loader = MemoryLoader::new().with(".gitlab-ci.yml", &text);
+        let lookup = |_: &str| None;
+        let ctx = IncludeContext { variables: &lookup };
+        let loaded = load(&loader, ".gitlab-ci.yml", &ctx);
+        assert!(loaded
+            .diags
+            .0
+            .iter()
+            .any(|d| d.message.contains("too large")));
     }
 }
