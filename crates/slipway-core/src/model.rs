@@ -1055,11 +1055,10 @@ fn job(
         },
         None => (When::OnSuccess, false),
     };
-    let rules_delayed = job_rules
-        .as_ref()
-        .is_some_and(|r| r.iter().any(|r| r.when == Some(When::Delayed)));
+    // GitLab's job validations: start_in must be absent when the job is not delayed or has
+    // rules (they carry their own), and a delayed job needs a start_in of at most a week.
     let start_in = match own.get("start_in") {
-        Some(_) if when != When::Delayed && !rules_delayed => {
+        Some(_) if when != When::Delayed || job_rules.is_some() => {
             c.err(
                 own.key("start_in").map(|k| k.span).unwrap_or(span),
                 format!("{path} start in must be blank when not delayed"),
@@ -1069,7 +1068,6 @@ fn job(
         Some(s) => {
             let d = c.duration(s, &format!("{path} start in"));
             if let Some((_, secs)) = &d {
-                // GitLab's limit is one week.
                 if *secs > 7 * 86_400 {
                     c.err(
                         s.span,
@@ -1080,7 +1078,7 @@ fn job(
             d.map(|(t, _)| t)
         }
         None => {
-            if when == When::Delayed && !rules_delayed {
+            if when == When::Delayed {
                 c.err(
                     span,
                     format!("{path} start in should be a duration when `when` is delayed"),
