@@ -1035,7 +1035,8 @@ fn job(
         .get("except")
         .and_then(|o| ref_filter(c, o, &format!("{path}:except")));
     if job_rules.is_some() {
-        for k in ["only", "except"] {
+        // With rules, `when: delayed` and `start_in` belong in the rules.
+        for k in ["only", "except", "start_in"] {
             if let Some(key) = own.key(k) {
                 c.err(
                     key.span,
@@ -1056,9 +1057,11 @@ fn job(
         None => (When::OnSuccess, false),
     };
     // GitLab's job validations: start_in must be absent when the job is not delayed or has
-    // rules (they carry their own), and a delayed job needs a start_in of at most a week.
+    // rules (they carry their own, reported above), and a delayed job needs a start_in of
+    // at most a week.
     let start_in = match own.get("start_in") {
-        Some(_) if when != When::Delayed || job_rules.is_some() => {
+        Some(_) if job_rules.is_some() => None,
+        Some(_) if when != When::Delayed => {
             c.err(
                 own.key("start_in").map(|k| k.span).unwrap_or(span),
                 format!("{path} start in must be blank when not delayed"),
@@ -1066,12 +1069,12 @@ fn job(
             None
         }
         Some(s) => {
-            let d = c.duration(s, &format!("{path} start in"));
+            let d = c.duration(s, &format!("{path}:start_in config"));
             if let Some((_, secs)) = &d {
                 if *secs > 7 * 86_400 {
                     c.err(
                         s.span,
-                        format!("{path} start in should not exceed the limit of one week"),
+                        format!("{path}:start_in should not exceed the limit of one week"),
                     );
                 }
             }
