@@ -9,14 +9,16 @@ use crate::source::{FileId, SourceLoader, SourceMap, Span};
 use crate::yaml::{self, Key, Map, Node, Value};
 use std::collections::HashSet;
 
-/// GitLab's limit on the number of included files in one pipeline.
+/// GitLab's limit on the number of included files in one pipeline. A file included twice
+/// counts twice, so this also stops include loops (and bounds include nesting).
 pub const MAX_INCLUDES: usize = 150;
-/// GitLab's limit on include nesting.
-pub const MAX_INCLUDE_DEPTH: usize = 100;
-/// GitLab's limit on `extends` inheritance depth.
+/// GitLab's limit on `extends`: a template with more than this many jobs and templates
+/// extending it below may not extend further (eleven levels of inheritance in all).
 pub const MAX_EXTENDS_DEPTH: usize = 10;
-/// GitLab's limit on `!reference` nesting.
-pub const MAX_REFERENCE_DEPTH: usize = 10;
+/// `!reference` chains deeper than this are refused. GitLab sets no limit of its own (in
+/// `script` the nested arrays stop at 10 levels anyway); this only keeps resolution far
+/// from the stack limit.
+pub const MAX_REFERENCE_DEPTH: usize = 100;
 
 /// What include rules (`include:rules`) may look at: the pipeline's predefined and
 /// project variables and the repository's file list.
@@ -77,6 +79,16 @@ fn load_root(
     ctx: &IncludeContext<'_>,
 ) -> Loaded {
     let text = sources.get(id).map(|f| f.text.clone()).unwrap_or_default();
+    if text.trim().is_empty() {
+        let mut diags = Diagnostics::new();
+        diags.push(file_start(id), "Please provide content of .gitlab-ci.yml");
+        return Loaded {
+            sources,
+            root: None,
+            diags,
+            broken: Vec::new(),
+        };
+    }
     let mut node = match parse_file(id, &text) {
         Ok(n) => n,
         Err(diags) => {
@@ -92,11 +104,10 @@ fn load_root(
         loader,
         ctx,
         sources: &mut sources,
-        seen: HashSet::new(),
         count: 0,
         diags: Diagnostics::new(),
     };
-    expand_includes(&mut node, 0, &mut state);
+    expand_includes(&mut node, &mut state);
     let mut diags = state.diags;
     if !diags.is_empty() {
         // A missing or broken include would make every later check misleading.
@@ -133,7 +144,7 @@ fn parse_file(id: FileId, text: &str) -> Result<Node, Diagnostics> {
                 diags.push(
                     node.span,
                     format!(
-                        "the pipeline configuration must be a hash of keywords and jobs, not {}",
+                        "Invalid configuration format: the pipeline configuration must be a hash of keywords and jobs, not {}",
                         a_type(&node)
                     ),
                 );
@@ -162,13 +173,12 @@ struct IncludeState<'a, 'b> {
     loader: &'a dyn SourceLoader,
     ctx: &'a IncludeContext<'b>,
     sources: &'a mut SourceMap,
-    seen: HashSet<String>,
     count: usize,
     diags: Diagnostics,
 }
 
 /// Replace `node`'s `include:` with the deep merge of the included files beneath it.
-fn expand_includes(node: &mut Node, depth: usize, state: &mut IncludeState<'_, '_>) {
+fn expand_includes(node: &mut Node, state: &mut IncludeState<'_, '_>) {
     let Some(map) = node.as_map_mut() else { return };
     let Some(include) = map.remove("include") else {
         return;
@@ -180,8 +190,8 @@ fn expand_includes(node: &mut Node, depth: usize, state: &mut IncludeState<'_, '
     };
     let mut merged: Option<Node> = None;
     for item in items {
-        for mut included in include_item(&item, depth, state) {
-            expand_includes(&mut included, depth + 1, state);
+        for mut included in include_item(&item, state) {
+            expand_includes(&mut included, state);
             merged = Some(match merged {
                 None => included,
                 Some(base) => deep_merge(base, included),
@@ -197,7 +207,7 @@ fn expand_includes(node: &mut Node, depth: usize, state: &mut IncludeState<'_, '
 }
 
 /// Load the files one `include:` entry names (several for a glob).
-fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> Vec<Node> {
+fn include_item(item: &Node, state: &mut IncludeState<'_, '_>) -> Vec<Node> {
     let span = item.span;
     let (local, item_map) = match &item.value {
         Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
@@ -284,26 +294,15 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
             }
         }
     }
-    if depth >= MAX_INCLUDE_DEPTH {
-        state.diags.push(
-            span,
-            format!("Nested includes are limited to {MAX_INCLUDE_DEPTH} levels"),
-        );
-        return Vec::new();
-    }
     let pattern = local.trim_start_matches('/').to_string();
     let paths: Vec<String> = if pattern.contains('*') {
-        let glob = globset::GlobBuilder::new(&pattern)
-            .literal_separator(true)
-            .build()
-            .map(|g| g.compile_matcher());
-        match glob {
-            Ok(m) => {
+        match wildcard_regex(&pattern) {
+            Ok(re) => {
                 let mut found: Vec<String> = state
                     .loader
                     .list()
                     .into_iter()
-                    .filter(|p| m.is_match(p))
+                    .filter(|p| re.is_match(p))
                     .collect();
                 found.sort();
                 found
@@ -320,19 +319,15 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
     };
     let mut out = Vec::new();
     for path in paths {
-        if !(path.ends_with(".yml") || path.ends_with(".yaml")) {
+        if !has_yaml_extension(&path) {
             state.diags.push(
                 span,
                 format!("Included file `{path}` does not have YAML extension!"),
             );
             continue;
         }
-        if !state.seen.insert(path.clone()) {
-            state
-                .diags
-                .push(span, format!("Include `{path}` was already included!"));
-            continue;
-        }
+        // The same file may be included several times (GitLab 15.10 and later); every
+        // inclusion counts towards the limit.
         state.count += 1;
         if state.count > MAX_INCLUDES {
             state.diags.push(
@@ -350,6 +345,12 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
                 continue;
             }
         };
+        if text.trim().is_empty() {
+            state
+                .diags
+                .push(span, format!("Local file `{path}` is empty!"));
+            continue;
+        }
         let id = state.sources.add(path.clone(), text.clone());
         match parse_file(id, &text) {
             Ok(node) => out.push(node),
@@ -357,6 +358,36 @@ fn include_item(item: &Node, depth: usize, state: &mut IncludeState<'_, '_>) -> 
         }
     }
     out
+}
+
+/// GitLab's test for an included file name: `/.+\.(yml|yaml)$/i` on the file's base name.
+fn has_yaml_extension(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    [".yml", ".yaml"]
+        .iter()
+        .any(|ext| base.len() > ext.len() && base.ends_with(ext))
+}
+
+/// An `include:local` wildcard as GitLab matches it against the repository's paths: the
+/// pattern is taken literally except that `**` matches anything (including `/`) and `*`
+/// anything but `/`, and it must match the whole path. So `configs/**.yml` reaches every
+/// subfolder while `configs/**/*.yml` needs at least one.
+fn wildcard_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    let mut re = String::from("^");
+    let mut rest = pattern;
+    while let Some(i) = rest.find('*') {
+        re.push_str(&regex::escape(&rest[..i]));
+        if rest[i..].starts_with("**") {
+            re.push_str(".*?");
+            rest = &rest[i + 2..];
+        } else {
+            re.push_str("[^/]*?");
+            rest = &rest[i + 1..];
+        }
+    }
+    re.push_str(&regex::escape(rest));
+    re.push('$');
+    regex::Regex::new(&re)
 }
 
 /// `include:rules`: `if`, `exists` and `when` (`never` or `always`), first match wins; no
@@ -489,9 +520,10 @@ fn resolve_references(root: &mut Node, diags: &mut Diagnostics, broken: &mut Vec
     }
     let snapshot = root.clone();
     let Some(map) = root.as_map_mut() else { return };
+    let mut refs = Refs::default();
     for (k, v) in map.entries.iter_mut() {
         let before = diags.len();
-        resolve_in(v, &snapshot, &mut Vec::new(), diags);
+        resolve_in(v, &snapshot, &mut refs, diags);
         if diags.len() > before {
             broken.push(k.name.clone());
         }
@@ -509,9 +541,18 @@ fn contains_reference(node: &Node) -> bool {
     }
 }
 
-fn resolve_in(node: &mut Node, root: &Node, chain: &mut Vec<Vec<String>>, diags: &mut Diagnostics) {
+/// The state of `!reference` resolution: the chain of references being followed (to find
+/// cycles) and how many nodes they produced so far (shared fragments referenced again and
+/// again can grow exponentially, like YAML aliases).
+#[derive(Default)]
+struct Refs {
+    chain: Vec<Vec<String>>,
+    nodes: usize,
+}
+
+fn resolve_in(node: &mut Node, root: &Node, refs: &mut Refs, diags: &mut Diagnostics) {
     if node.tag.as_deref() == Some("reference") {
-        match follow_reference(node, root, chain, diags) {
+        match follow_reference(node, root, refs, diags) {
             Some(resolved) => *node = resolved,
             None => {
                 node.tag = None;
@@ -523,13 +564,47 @@ fn resolve_in(node: &mut Node, root: &Node, chain: &mut Vec<Vec<String>>, diags:
     match &mut node.value {
         Value::Seq(items) => items
             .iter_mut()
-            .for_each(|i| resolve_in(i, root, chain, diags)),
+            .for_each(|i| resolve_in(i, root, refs, diags)),
         Value::Map(m) => m
             .entries
             .iter_mut()
-            .for_each(|(_, v)| resolve_in(v, root, chain, diags)),
+            .for_each(|(_, v)| resolve_in(v, root, refs, diags)),
         _ => {}
     }
+}
+
+/// A value written the way Ruby's `inspect` shows it in GitLab's messages: `[".a", 1]`.
+pub fn ruby_inspect(node: &Node) -> String {
+    match &node.value {
+        Value::Null => "nil".to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Seq(items) => {
+            let inner: Vec<String> = items.iter().map(ruby_inspect).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        Value::Map(m) => {
+            let inner: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{:?}=>{}", k.name, ruby_inspect(v)))
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        }
+        _ => node.scalar_string().unwrap_or_default(),
+    }
+}
+
+fn node_count(node: &Node) -> usize {
+    let mut count = 0;
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        count += 1;
+        match &n.value {
+            Value::Seq(items) => stack.extend(items.iter()),
+            Value::Map(m) => stack.extend(m.entries.iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+    count
 }
 
 fn reference_text(path: &[String]) -> String {
@@ -540,7 +615,7 @@ fn reference_text(path: &[String]) -> String {
 fn follow_reference(
     node: &Node,
     root: &Node,
-    chain: &mut Vec<Vec<String>>,
+    refs: &mut Refs,
     diags: &mut Diagnostics,
 ) -> Option<Node> {
     let path: Option<Vec<String>> = node
@@ -550,22 +625,25 @@ fn follow_reference(
     let Some(path) = path else {
         diags.push(
             node.span,
-            "!reference is not valid: it needs a non-empty list of key names, such as !reference [.setup, script]",
+            format!(
+                "!reference {} is not valid: it needs a non-empty list of key names, such as !reference [.setup, script]",
+                ruby_inspect(node)
+            ),
         );
         return None;
     };
-    if chain.contains(&path) {
+    if refs.chain.contains(&path) {
         diags.push(
             node.span,
             format!("{} is part of a circular chain", reference_text(&path)),
         );
         return None;
     }
-    if chain.len() >= MAX_REFERENCE_DEPTH {
+    if refs.chain.len() >= MAX_REFERENCE_DEPTH {
         diags.push(
             node.span,
             format!(
-                "{} is nested too deeply: !reference tags can be nested up to {MAX_REFERENCE_DEPTH} levels",
+                "{} is nested too deeply: more than {MAX_REFERENCE_DEPTH} !reference tags in a chain",
                 reference_text(&path)
             ),
         );
@@ -582,10 +660,21 @@ fn follow_reference(
         );
         return None;
     };
+    refs.nodes += node_count(target);
+    if refs.nodes > yaml::MAX_NODES {
+        diags.push(
+            node.span,
+            format!(
+                "{} makes the configuration too large after resolving !reference tags",
+                reference_text(&path)
+            ),
+        );
+        return None;
+    }
     let mut value = target.clone();
-    chain.push(path);
-    resolve_in(&mut value, root, chain, diags);
-    chain.pop();
+    refs.chain.push(path);
+    resolve_in(&mut value, root, refs, diags);
+    refs.chain.pop();
     // The value keeps its own span (where it is defined) for later error messages.
     Some(value)
 }
@@ -673,7 +762,7 @@ fn extend_one(
         }
         return None;
     }
-    if stack.len() >= MAX_EXTENDS_DEPTH {
+    if stack.len() > MAX_EXTENDS_DEPTH {
         diags.push(ext.span, format!("{name}: nesting too deep in `extends`"));
         return None;
     }
@@ -731,5 +820,33 @@ pub fn key(name: &str, span: Span) -> Key {
     Key {
         name: name.to_string(),
         span,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MemoryLoader;
+
+    #[test]
+    fn exponential_references_are_refused() {
+        // Each level references the previous one twice: 2^40 strings if resolved.
+        let mut text = String::from(".r0: [x, x, x, x, x, x, x, x]\n");
+        for i in 1..40 {
+            let p = i - 1;
+            text.push_str(&format!(
+                ".r{i}: [!reference [.r{p}], !reference [.r{p}]]\n"
+            ));
+        }
+        text.push_str("job:\n  script: [!reference [.r39]]\n");
+        let loader = MemoryLoader::new().with(".gitlab-ci.yml", &text);
+        let lookup = |_: &str| None;
+        let ctx = IncludeContext { variables: &lookup };
+        let loaded = load(&loader, ".gitlab-ci.yml", &ctx);
+        assert!(loaded
+            .diags
+            .0
+            .iter()
+            .any(|d| d.message.contains("too large")));
     }
 }

@@ -15,8 +15,23 @@ use std::collections::{HashMap, HashSet};
 
 /// GitLab's stages when `stages:` is not given.
 pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
-/// Nested script arrays are flattened up to this depth, as GitLab does.
+/// Nested arrays of strings in `script`-like keywords and in `stages` (GitLab 16.9 and
+/// later) are flattened up to this depth, as GitLab does.
 const MAX_SCRIPT_NESTING: usize = 10;
+
+/// Strings, or arrays of them nested up to GitLab's 10 levels, flattened in order.
+fn flatten_strings(node: &Node, depth: usize, out: &mut Vec<String>) -> bool {
+    match &node.value {
+        Value::String(s) => {
+            out.push(s.clone());
+            true
+        }
+        Value::Seq(items) if depth < MAX_SCRIPT_NESTING => {
+            items.iter().all(|i| flatten_strings(i, depth + 1, out))
+        }
+        _ => false,
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pipeline {
@@ -311,7 +326,6 @@ const GLOBAL_KEYWORDS: &[&str] = &[
     "default",
     "include",
     "stages",
-    "types",
     "variables",
     "workflow",
     "image",
@@ -373,7 +387,6 @@ const JOB_KEYWORDS: &[&str] = &[
     "tags",
     "timeout",
     "trigger",
-    "type",
     "variables",
     "when",
 ];
@@ -492,12 +505,13 @@ impl Checker {
         }
     }
 
-    fn duration(&mut self, node: &Node, path: &str) -> Option<(String, u64)> {
-        let text = self.stringish(node, path)?;
-        match parse_seconds(&text) {
-            Some(s) => Some((text, s)),
+    /// A duration, which GitLab parses only from a string (`'42'`, `1h 30m`); `subject`
+    /// starts the message: "jobs:build:timeout config should be a duration".
+    fn duration(&mut self, node: &Node, subject: &str) -> Option<(String, u64)> {
+        match node.as_str().and_then(|t| parse_seconds(t).map(|s| (t, s))) {
+            Some((t, s)) => Some((t.to_string(), s)),
             None => {
-                self.err(node.span, format!("{path} config should be a duration"));
+                self.err(node.span, format!("{subject} should be a duration"));
                 None
             }
         }
@@ -507,7 +521,7 @@ impl Checker {
     /// flattened.
     fn script(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
         let mut out = Vec::new();
-        if self.flatten_script(node, 0, &mut out) {
+        if flatten_strings(node, 0, &mut out) {
             Some(out)
         } else {
             self.err(
@@ -515,20 +529,6 @@ impl Checker {
                 format!("{path} config should be a string or a nested array of strings up to {MAX_SCRIPT_NESTING} levels deep"),
             );
             None
-        }
-    }
-
-    fn flatten_script(&mut self, node: &Node, depth: usize, out: &mut Vec<String>) -> bool {
-        match &node.value {
-            Value::String(s) => {
-                out.push(s.clone());
-                true
-            }
-            Value::Seq(items) if depth < MAX_SCRIPT_NESTING => items.iter().all(|i| {
-                matches!(i.value, Value::String(_) | Value::Seq(_))
-                    && self.flatten_script(i, depth + 1, out)
-            }),
-            _ => false,
         }
     }
 
@@ -565,8 +565,10 @@ impl Checker {
                 );
                 continue;
             }
+            let vpath = format!("{path}:{}", k.name);
             match &v.value {
-                Value::String(_) | Value::Int(_) | Value::Float(_) => {
+                // GitLab takes any scalar (string, number, boolean) as the value's text.
+                Value::String(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
                     def.value = v.scalar_string().unwrap_or_default();
                 }
                 Value::Null => {}
@@ -576,45 +578,63 @@ impl Checker {
                     } else {
                         &["value", "expand"]
                     };
-                    self.unknown_keys(m, allowed, &format!("{path}:{}", k.name));
+                    let unknown: Vec<&str> = m
+                        .iter()
+                        .map(|(k, _)| k.name.as_str())
+                        .filter(|k| !allowed.contains(k))
+                        .collect();
+                    if let Some(first) = unknown.first() {
+                        let span = m.key(first).map(|k| k.span).unwrap_or(v.span);
+                        self.err(
+                            span,
+                            format!(
+                                "{vpath} config uses invalid data keys: {}",
+                                unknown.join(", ")
+                            ),
+                        );
+                    }
                     if let Some(val) = m.get("value") {
                         match &val.value {
-                            Value::String(_) | Value::Int(_) | Value::Float(_) => {
+                            Value::String(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
                                 def.value = val.scalar_string().unwrap_or_default()
                             }
-                            _ => self.err(
-                                val.span,
-                                format!("{path}:{}:value config should be a string", k.name),
-                            ),
+                            Value::Null => {}
+                            _ => {
+                                self.err(val.span, format!("{vpath} config value must be a scalar"))
+                            }
                         }
                     }
                     if let Some(d) = m.get("description") {
-                        def.description = self.string(d, &format!("{path}:{}:description", k.name));
+                        match &d.value {
+                            Value::String(_) | Value::Int(_) => def.description = d.scalar_string(),
+                            Value::Null => {}
+                            _ => self.err(
+                                d.span,
+                                format!(
+                                    "{vpath} config description must be an alphanumeric string"
+                                ),
+                            ),
+                        }
                     }
                     if let Some(o) = m.get("options") {
                         def.options = self
-                            .strings(o, &format!("{path}:{}:options", k.name))
+                            .strings(o, &format!("{vpath}:options"))
                             .unwrap_or_default();
                         if !def.options.is_empty() && !def.options.contains(&def.value) {
                             self.err(
                                 o.span,
-                                format!(
-                                    "{path}:{}: value `{}` is not one of its options",
-                                    k.name, def.value
-                                ),
+                                format!("{vpath} config value must be present in options"),
                             );
                         }
                     }
                     if let Some(e) = m.get("expand") {
-                        def.expand = self
-                            .bool(e, &format!("{path}:{}:expand", k.name))
-                            .unwrap_or(true);
+                        def.expand = self.bool(e, &format!("{vpath}:expand")).unwrap_or(true);
                     }
                 }
-                _ => {
+                Value::Seq(_) => {
                     self.err(
                         v.span,
-                        format!("{path} config should be a hash of key value pairs, value can be a hash"),
+                        format!("{vpath} variable definition must be either a string or a hash"),
                     );
                     continue;
                 }
@@ -635,10 +655,15 @@ pub fn build(root: &Node) -> Result<Pipeline, Diagnostics> {
 
     // Stages.
     let mut stages: Vec<String> = DEFAULT_STAGES.iter().map(|s| s.to_string()).collect();
-    let stages_node = map.get("stages").or_else(|| map.get("types"));
-    if let Some(node) = stages_node {
-        if let Some(list) = c.strings(node, "stages") {
+    if let Some(node) = map.get("stages") {
+        let mut list = Vec::new();
+        if flatten_strings(node, 0, &mut list) && node.as_seq().is_some() {
             stages = list;
+        } else {
+            c.err(
+                node.span,
+                format!("stages config should be an array of strings or a nested array of strings up to {MAX_SCRIPT_NESTING} levels deep"),
+            );
         }
     }
     stages.retain(|s| s != ".pre" && s != ".post");
@@ -694,41 +719,58 @@ pub fn build(root: &Node) -> Result<Pipeline, Diagnostics> {
         }
     }
 
-    // Defaults: `default:` plus the legacy top-level forms.
+    // Defaults: `default:` plus the legacy top-level forms. Each is checked once here,
+    // and an invalid one is not handed to the jobs (they would repeat its error).
     let mut defaults = Map::default();
-    for key in [
+    let legacy = [
         "image",
         "services",
         "cache",
         "before_script",
         "after_script",
-    ] {
+    ];
+    for key in legacy {
         if let Some((k, v)) = map.iter().find(|(k, _)| k.name == key) {
-            defaults.insert(k.clone(), v.clone());
+            if check_default(&mut c, key, v, key) {
+                defaults.insert(k.clone(), v.clone());
+            }
         }
     }
     if let Some(d) = map.get("default") {
         if let Some(dm) = c.map(d, "default") {
             c.unknown_keys(dm, DEFAULT_KEYWORDS, "default");
             for (k, v) in dm.iter() {
-                defaults.insert(k.clone(), v.clone());
+                if legacy.contains(&k.name.as_str()) && map.contains(&k.name) {
+                    c.err(
+                        k.span,
+                        format!("{} is defined in top-level and `default:` entry", k.name),
+                    );
+                    continue;
+                }
+                if !DEFAULT_KEYWORDS.contains(&k.name.as_str()) {
+                    continue;
+                }
+                if check_default(&mut c, &k.name, v, &format!("default:{}", k.name)) {
+                    defaults.insert(k.clone(), v.clone());
+                }
             }
         }
     }
 
-    // Jobs.
+    // Jobs: a top-level key that is not a global keyword is a job when it is a hash with
+    // `script`, `run` or `trigger`, hidden when it starts with a dot.
     let mut jobs = Vec::new();
+    let mut visible = 0;
     for (k, v) in map.iter() {
         if GLOBAL_KEYWORDS.contains(&k.name.as_str()) {
             continue;
         }
         if k.name.starts_with('.') {
+            if is_blank(v) {
+                c.err(k.span, format!("jobs:{} config can't be blank", k.name));
+            }
             continue;
         }
-        let Some(jm) = v.as_map() else {
-            c.err(k.span, format!("jobs {} config should be a hash", k.name));
-            continue;
-        };
         if k.name.is_empty() {
             c.err(
                 k.span,
@@ -736,9 +778,28 @@ pub fn build(root: &Node) -> Result<Pipeline, Diagnostics> {
             );
             continue;
         }
+        let jm = match v.as_map() {
+            Some(jm) if ["script", "run", "trigger"].iter().any(|w| jm.contains(w)) => jm,
+            _ => {
+                c.err(
+                    k.span,
+                    format!(
+                        "jobs {} config should implement the script:, run:, or trigger: keyword",
+                        k.name
+                    ),
+                );
+                continue;
+            }
+        };
+        visible += 1;
         if let Some(job) = job(&mut c, &k.name, k.span, jm, &defaults, &variables, &stages) {
             jobs.push(job);
         }
+    }
+    if visible == 0 {
+        let start = crate::source::Pos { line: 1, col: 1 };
+        let span = Span::new(root.span.file, start, start);
+        c.err(span, "jobs config should contain at least one visible job");
     }
 
     check_needs_graph(&mut c, &jobs, &stages);
@@ -753,6 +814,54 @@ pub fn build(root: &Node) -> Result<Pipeline, Diagnostics> {
     } else {
         Err(c.diags.sorted())
     }
+}
+
+/// Ruby's `blank?`: what GitLab treats as no value at all.
+fn is_blank(node: &Node) -> bool {
+    match &node.value {
+        Value::Null | Value::Bool(false) => true,
+        Value::String(s) => s.trim().is_empty(),
+        Value::Seq(items) => items.is_empty(),
+        Value::Map(m) => m.is_empty(),
+        _ => false,
+    }
+}
+
+/// Check one default keyword (from `default:` or the legacy top level) once; `false`
+/// when it is invalid.
+fn check_default(c: &mut Checker, key: &str, node: &Node, path: &str) -> bool {
+    let before = c.diags.len();
+    match key {
+        "before_script" | "after_script" => {
+            c.script(node, path);
+        }
+        "image" => {
+            image(c, node, path);
+        }
+        "services" => {
+            services(c, node, path);
+        }
+        "cache" => {
+            caches(c, node, path);
+        }
+        "artifacts" => {
+            artifacts(c, node, path);
+        }
+        "retry" => {
+            retry(c, node, path);
+        }
+        "timeout" => {
+            c.duration(node, &format!("{path} config"));
+        }
+        "tags" => {
+            c.strings(node, path);
+        }
+        "interruptible" => {
+            c.bool(node, path);
+        }
+        _ => {}
+    }
+    c.diags.len() == before
 }
 
 /// Which defaults and global variables a job takes (`inherit:`).
@@ -774,17 +883,42 @@ impl Inherit {
     }
 }
 
-fn inherit_entry(c: &mut Checker, node: Option<&Node>, path: &str) -> Inherit {
+/// `allowed`: the values a list may name (the default keywords for `inherit:default`).
+fn inherit_entry(
+    c: &mut Checker,
+    node: Option<&Node>,
+    path: &str,
+    allowed: Option<&[&str]>,
+) -> Inherit {
     match node {
         None => Inherit::All,
         Some(n) => match &n.value {
             Value::Bool(true) => Inherit::All,
             Value::Bool(false) => Inherit::Nothing,
-            Value::Seq(_) => Inherit::Only(c.strings(n, path).unwrap_or_default()),
+            Value::Seq(_) => {
+                let list = c.strings(n, path).unwrap_or_default();
+                if let Some(allowed) = allowed {
+                    let unknown: Vec<&str> = list
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|v| !allowed.contains(v))
+                        .collect();
+                    if !unknown.is_empty() {
+                        c.err(
+                            n.span,
+                            format!(
+                                "{path} config contains unknown values: {}",
+                                unknown.join(", ")
+                            ),
+                        );
+                    }
+                }
+                Inherit::Only(list)
+            }
             _ => {
                 c.err(
                     n.span,
-                    format!("{path} config should be a boolean value or an array of strings"),
+                    format!("{path} should be a bool or array of strings"),
                 );
                 Inherit::All
             }
@@ -811,8 +945,18 @@ fn job(
             Some(im) => {
                 c.unknown_keys(im, &["default", "variables"], &format!("{path}:inherit"));
                 (
-                    inherit_entry(c, im.get("default"), &format!("{path}:inherit:default")),
-                    inherit_entry(c, im.get("variables"), &format!("{path}:inherit:variables")),
+                    inherit_entry(
+                        c,
+                        im.get("default"),
+                        &format!("{path}:inherit:default"),
+                        Some(DEFAULT_KEYWORDS),
+                    ),
+                    inherit_entry(
+                        c,
+                        im.get("variables"),
+                        &format!("{path}:inherit:variables"),
+                        None,
+                    ),
                 )
             }
             None => (Inherit::All, Inherit::All),
@@ -844,11 +988,10 @@ fn job(
             Vec::new()
         }
     };
-    if kind == JobKind::Script && own.contains("script") && script.is_empty() && c.diags.is_empty()
-    {
-        if let Some(s) = own.get("script") {
-            if matches!(&s.value, Value::Seq(v) if v.is_empty()) {
-                c.err(s.span, format!("{path}:script config should be a string or a nested array of strings up to {MAX_SCRIPT_NESTING} levels deep"));
+    if kind == JobKind::Script {
+        if let (Some(key), Some(s)) = (own.key("script"), own.get("script")) {
+            if is_blank(s) {
+                c.err(key.span, format!("{path} script can't be blank"));
             }
         }
     }
@@ -859,7 +1002,7 @@ fn job(
         .and_then(|s| c.script(s, &format!("{path}:after_script")))
         .unwrap_or_default();
 
-    let (stage, stage_span) = match own.get("stage").or_else(|| own.get("type")) {
+    let (stage, stage_span) = match own.get("stage") {
         Some(s) => (
             c.stringish(s, &format!("{path}:stage"))
                 .unwrap_or_else(|| "test".into()),
@@ -922,35 +1065,40 @@ fn job(
         },
         None => (When::OnSuccess, false),
     };
+    // GitLab's job validations: start_in must be absent when the job is not delayed or has
+    // rules (they carry their own, reported above), and a delayed job needs a start_in of
+    // at most a week.
     let start_in = match own.get("start_in") {
+        Some(_) if job_rules.is_some() => None,
+        Some(_) if when != When::Delayed => {
+            c.err(
+                own.key("start_in").map(|k| k.span).unwrap_or(span),
+                format!("{path} start in must be blank when not delayed"),
+            );
+            None
+        }
         Some(s) => {
-            let d = c.duration(s, &format!("{path}:start_in"));
+            let d = c.duration(s, &format!("{path}:start_in config"));
             if let Some((_, secs)) = &d {
                 if *secs > 7 * 86_400 {
                     c.err(
                         s.span,
-                        format!("{path}:start_in should be a duration up to one week"),
+                        format!("{path}:start_in should not exceed the limit of one week"),
                     );
                 }
             }
             d.map(|(t, _)| t)
         }
-        None => None,
+        None => {
+            if when == When::Delayed {
+                c.err(
+                    span,
+                    format!("{path} start in should be a duration when `when` is delayed"),
+                );
+            }
+            None
+        }
     };
-    // GitLab's job validations: a delayed job needs a start_in (which a job with rules
-    // cannot have at the job level), and start_in is only for delayed jobs.
-    if when == When::Delayed && start_in.is_none() {
-        c.err(
-            span,
-            format!("{path} start in should be a duration when `when` is delayed"),
-        );
-    }
-    if start_in.is_some() && when != When::Delayed && job_rules.is_none() {
-        c.err(
-            own.key("start_in").map(|k| k.span).unwrap_or(span),
-            format!("{path} start in must be blank when not delayed"),
-        );
-    }
 
     let allow_failure = own.get("allow_failure").and_then(|a| match &a.value {
         Value::Bool(b) => Some(AllowFailure {
@@ -988,7 +1136,7 @@ fn job(
         .map(|r| retry(c, r, &format!("{path}:retry")))
         .unwrap_or_default();
     let timeout = get("timeout")
-        .and_then(|t| c.duration(t, &format!("{path}:timeout")))
+        .and_then(|t| c.duration(t, &format!("{path}:timeout config")))
         .map(|(_, s)| s);
     let parallel = own
         .get("parallel")
@@ -1229,7 +1377,7 @@ fn rules(c: &mut Checker, node: &Node, path: &str, workflow: bool) -> Option<Vec
             }
         }
         if let Some(s) = m.get("start_in") {
-            let d = c.duration(s, &format!("{path}:rule:start_in"));
+            let d = c.duration(s, &format!("{path}:rule:start_in config"));
             if let Some((_, secs)) = &d {
                 if *secs > 7 * 86_400 {
                     c.err(
@@ -1439,37 +1587,52 @@ fn retry(c: &mut Checker, node: &Node, path: &str) -> Retry {
         "scheduler_failure",
         "data_integrity_failure",
     ];
-    let check_max = |c: &mut Checker, n: &Node| -> u32 {
+    // `what` names the value in messages: "jobs:a:retry config", "jobs:a:retry max".
+    let check_max = |c: &mut Checker, n: &Node, what: &str| -> u32 {
         match n.value {
             Value::Int(i) if (0..=2).contains(&i) => i as u32,
+            Value::Int(i) if i < 0 => {
+                c.err(n.span, format!("{what} must be greater than or equal to 0"));
+                0
+            }
+            Value::Int(_) => {
+                c.err(n.span, format!("{what} must be less than or equal to 2"));
+                0
+            }
             _ => {
-                c.err(
-                    n.span,
-                    format!("{path} config must be an integer between 0 and 2"),
-                );
+                c.err(n.span, format!("{what} is not a number"));
                 0
             }
         }
     };
     match &node.value {
         Value::Int(_) => Retry {
-            max: check_max(c, node),
+            max: check_max(c, node, &format!("{path} config")),
             ..Retry::default()
         },
         Value::Map(m) => {
             c.unknown_keys(m, &["max", "when", "exit_codes"], path);
-            let max = m.get("max").map(|n| check_max(c, n)).unwrap_or(0);
+            let max = m
+                .get("max")
+                .map(|n| check_max(c, n, &format!("{path} max")))
+                .unwrap_or(0);
             let when = m
                 .get("when")
                 .and_then(|w| c.string_or_strings(w, &format!("{path}:when")))
                 .unwrap_or_default();
-            for w in &when {
-                if !REASONS.contains(&w.as_str()) {
-                    c.err(
-                        m.get("when").map(|n| n.span).unwrap_or(node.span),
-                        format!("{path} config contains unknown `when` value: {w}"),
-                    );
-                }
+            let unknown: Vec<&str> = when
+                .iter()
+                .map(String::as_str)
+                .filter(|w| !REASONS.contains(w))
+                .collect();
+            if !unknown.is_empty() {
+                c.err(
+                    m.get("when").map(|n| n.span).unwrap_or(node.span),
+                    format!(
+                        "{path} when contains unknown values: {}",
+                        unknown.join(", ")
+                    ),
+                );
             }
             let exit_codes = m
                 .get("exit_codes")
@@ -1484,7 +1647,7 @@ fn retry(c: &mut Checker, node: &Node, path: &str) -> Retry {
         _ => {
             c.err(
                 node.span,
-                format!("{path} config should be an integer or a hash"),
+                format!("{path} config has to be either an integer or a hash"),
             );
             Retry::default()
         }
@@ -1497,7 +1660,12 @@ fn parallel(c: &mut Checker, node: &Node, path: &str) -> Option<Parallel> {
             if (1..=200).contains(n) {
                 Some(Parallel::Count(*n as u32))
             } else {
-                c.err(node.span, format!("{path} config must be less than or equal to 200 and greater than or equal to 1"));
+                let bound = if *n < 1 {
+                    "greater than or equal to 1"
+                } else {
+                    "less than or equal to 200"
+                };
+                c.err(node.span, format!("{path} config must be {bound}"));
                 None
             }
         }
@@ -1689,19 +1857,17 @@ fn artifacts(c: &mut Checker, node: &Node, path: &str) -> Option<Artifacts> {
             Some(s @ ("on_success" | "on_failure" | "always")) => a.when = s.to_string(),
             _ => c.err(
                 w.span,
-                format!("{path} when should be on_success, on_failure or always"),
+                format!("{path} when should be one of: on_success, on_failure, always"),
             ),
         }
     }
     if let Some(e) = m.get("expire_in") {
-        if let Some(s) = c.stringish(e, &format!("{path}:expire_in")) {
-            if s != "never" && parse_seconds(&s).is_none() {
-                c.err(
-                    e.span,
-                    format!("{path}:expire_in config should be a duration"),
-                );
+        // A string: a duration or `never` (GitLab parses durations only from strings).
+        match e.as_str() {
+            Some(s) if s.eq_ignore_ascii_case("never") || parse_seconds(s).is_some() => {
+                a.expire_in = Some(s.to_string())
             }
-            a.expire_in = Some(s);
+            _ => c.err(e.span, format!("{path} expire in should be a duration")),
         }
     }
     if let Some(n) = m.get("name") {
@@ -1792,7 +1958,7 @@ fn caches(c: &mut Checker, node: &Node, path: &str) -> Vec<Cache> {
             if items.len() > 4 {
                 c.err(
                     node.span,
-                    format!("{path} config cannot contain more than 4 caches"),
+                    format!("{path} config no more than 4 caches can be created"),
                 );
             }
             items.iter().filter_map(|i| cache(c, i, path)).collect()
@@ -1819,36 +1985,51 @@ fn cache(c: &mut Checker, node: &Node, path: &str) -> Option<Cache> {
     );
     let key = match m.get("key") {
         None => CacheKey::Literal("default".into()),
-        Some(k) => {
-            match &k.value {
-                Value::Map(km) => {
-                    c.unknown_keys(km, &["files", "prefix"], &format!("{path}:key"));
-                    let files = km
-                        .get("files")
-                        .and_then(|f| c.strings(f, &format!("{path}:key:files")))
-                        .unwrap_or_default();
-                    if files.is_empty() || files.len() > 2 {
-                        c.err(k.span, format!("{path}:key:files config should be an array of one or two file paths"));
-                    }
-                    let prefix = km
-                        .get("prefix")
-                        .and_then(|p| c.stringish(p, &format!("{path}:key:prefix")));
-                    CacheKey::Files { files, prefix }
+        Some(k) => match &k.value {
+            Value::Map(km) => {
+                c.unknown_keys(km, &["files", "prefix"], &format!("{path}:key"));
+                let files_node = km.get("files");
+                let files = files_node
+                    .and_then(|f| c.strings(f, &format!("{path}:key:files")))
+                    .unwrap_or_default();
+                let at = files_node.map(|f| f.span).unwrap_or(k.span);
+                if files.is_empty() {
+                    c.err(
+                        at,
+                        format!("{path}:key:files config requires at least 1 item"),
+                    );
+                } else if files.len() > 2 {
+                    c.err(
+                        at,
+                        format!("{path}:key:files config has too many items (maximum is 2)"),
+                    );
                 }
-                _ => {
-                    let s = c.stringish(k, &format!("{path}:key")).unwrap_or_default();
-                    if s.contains('/')
-                        || s == "."
-                        || s == ".."
-                        || s.contains("%2F")
-                        || s.contains("%2f")
-                    {
-                        c.err(k.span, format!("{path}:key config cannot contain the \"/\" character or be \".\" or \"..\""));
-                    }
-                    CacheKey::Literal(s)
-                }
+                let prefix = km
+                    .get("prefix")
+                    .and_then(|p| c.stringish(p, &format!("{path}:key:prefix")));
+                CacheKey::Files { files, prefix }
             }
-        }
+            _ => {
+                let s = c.stringish(k, &format!("{path}:key")).unwrap_or_default();
+                let unescaped = s
+                    .replace("%2F", "/")
+                    .replace("%2f", "/")
+                    .replace("%2E", ".")
+                    .replace("%2e", ".");
+                if unescaped.contains('/') {
+                    c.err(
+                        k.span,
+                        format!("{path}:key config cannot contain the \"/\" character"),
+                    );
+                } else if unescaped == "." || unescaped == ".." {
+                    c.err(
+                        k.span,
+                        format!("{path}:key config cannot be \".\" or \"..\""),
+                    );
+                }
+                CacheKey::Literal(s)
+            }
+        },
     };
     let paths = m
         .get("paths")
@@ -1858,11 +2039,15 @@ fn cache(c: &mut Checker, node: &Node, path: &str) -> Option<Cache> {
         None => "pull-push".to_string(),
         Some(p) => {
             let s = c.string(p, &format!("{path}:policy")).unwrap_or_default();
-            // A variable may pick the policy at run time.
-            if !["pull", "push", "pull-push"].contains(&s.as_str()) && !s.contains('$') {
+            // GitLab's (unanchored) check: a policy name, or a variable that picks one at
+            // run time.
+            let ok = regex::Regex::new(r"pull-push|push|pull|\$\w")
+                .map(|re| re.is_match(&s))
+                .unwrap_or(false);
+            if !ok {
                 c.err(
                     p.span,
-                    format!("{path}:policy should be pull-push, push, or pull"),
+                    format!("{path} policy should be a variable or one of: pull-push, push, pull"),
                 );
             }
             s
@@ -1875,7 +2060,7 @@ fn cache(c: &mut Checker, node: &Node, path: &str) -> Option<Cache> {
             _ => {
                 c.err(
                     w.span,
-                    format!("{path}:when config should be one of: on_success, on_failure, always"),
+                    format!("{path} when should be one of: on_success, on_failure, always"),
                 );
                 "on_success".to_string()
             }
@@ -1891,7 +2076,16 @@ fn cache(c: &mut Checker, node: &Node, path: &str) -> Option<Cache> {
         .unwrap_or(false);
     let fallback_keys = m
         .get("fallback_keys")
-        .and_then(|f| c.strings(f, &format!("{path}:fallback_keys")))
+        .and_then(|f| {
+            let keys = c.strings(f, &format!("{path}:fallback_keys"))?;
+            if keys.len() > 5 {
+                c.err(
+                    f.span,
+                    format!("{path} fallback keys has to many entries (maximum 5)"),
+                );
+            }
+            Some(keys)
+        })
         .unwrap_or_default();
     Some(Cache {
         key,
@@ -1929,12 +2123,8 @@ fn environment(c: &mut Checker, node: &Node, path: &str) -> Option<Environment> 
                 ],
                 path,
             );
-            match m.get("name") {
-                Some(n) => env.name = c.stringish(n, &format!("{path}:name")).unwrap_or_default(),
-                None => c.err(
-                    node.span,
-                    format!("{path} config missing required keys: name"),
-                ),
+            if let Some(n) = m.get("name") {
+                env.name = c.stringish(n, &format!("{path}:name")).unwrap_or_default();
             }
             if let Some(u) = m.get("url") {
                 env.url = c.string(u, &format!("{path}:url"));
@@ -1971,8 +2161,8 @@ fn environment(c: &mut Checker, node: &Node, path: &str) -> Option<Environment> 
             return None;
         }
     }
-    if env.name.is_empty() {
-        c.err(node.span, format!("{path}:name can't be blank"));
+    if env.name.trim().is_empty() {
+        c.err(node.span, format!("{path} name can't be blank"));
         return None;
     }
     Some(env)
@@ -1980,10 +2170,19 @@ fn environment(c: &mut Checker, node: &Node, path: &str) -> Option<Environment> 
 
 fn pull_policy(c: &mut Checker, node: &Node, path: &str) -> Vec<String> {
     let list = c.string_or_strings(node, path).unwrap_or_default();
-    for p in &list {
-        if !["always", "never", "if-not-present"].contains(&p.as_str()) {
-            c.err(node.span, format!("{path} config contains an unknown policy `{p}`; use always, never or if-not-present"));
-        }
+    let unknown: Vec<&str> = list
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !["always", "never", "if-not-present"].contains(p))
+        .collect();
+    if !unknown.is_empty() {
+        c.err(
+            node.span,
+            format!(
+                "{path} config contains unknown values: {} (use always, never or if-not-present)",
+                unknown.join(", ")
+            ),
+        );
     }
     list
 }
@@ -2004,12 +2203,9 @@ fn image(c: &mut Checker, node: &Node, path: &str) -> Option<Image> {
                 path,
             );
             let name = match m.get("name") {
-                Some(n) => c.string(n, &format!("{path}:name"))?,
-                None => {
-                    c.err(
-                        node.span,
-                        format!("{path} config missing required keys: name"),
-                    );
+                Some(n) if !is_blank(n) => c.string(n, &format!("{path}:name"))?,
+                _ => {
+                    c.err(node.span, format!("{path} name can't be blank"));
                     return None;
                 }
             };
@@ -2086,13 +2282,11 @@ fn services(c: &mut Checker, node: &Node, path: &str) -> Vec<Service> {
                 );
                 let Some(name) = m
                     .get("name")
+                    .filter(|n| !is_blank(n))
                     .and_then(|n| c.string(n, &format!("{sp}:name")))
                 else {
-                    if !m.contains("name") {
-                        c.err(
-                            item.span,
-                            format!("{sp} config missing required keys: name"),
-                        );
+                    if m.get("name").is_none_or(is_blank) {
+                        c.err(item.span, format!("{sp} name can't be blank"));
                     }
                     continue;
                 };

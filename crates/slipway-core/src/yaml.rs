@@ -499,9 +499,9 @@ fn resolve_scalar(
             },
             Some("null") => Ok((Value::Null, None)),
             Some(_) => Ok((plain(text), None)),
-            None if tag == "!reference" => Err(
-                "!reference needs a list of keys, such as !reference [.setup, script]".to_string(),
-            ),
+            None if tag == "!reference" => Err(format!(
+                "!reference {text:?} is not valid: it needs a list of keys, such as !reference [.setup, script]"
+            )),
             None => Err(format!("unknown YAML tag {tag}")),
         };
     }

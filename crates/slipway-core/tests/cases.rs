@@ -16,6 +16,11 @@
 //! --- plan-variables JOB      optional: KEY=VALUE lines the planned job must carry
 //! --- plan-name               optional: the pipeline's name (`workflow:name`), expanded;
 //!                             empty when the pipeline has no name
+//!                             (`!KEY`: the job must not carry KEY)
+//! --- job NAME                optional: `path = value` lines checked against the checked
+//!                             job definition NAME serialized as JSON; `path` is dotted
+//!                             (`image.name`, `cache.0.key`), `value` is the JSON text
+//!                             (strings may be written bare); `missing` for no such field
 //! --- errors                  or: expected errors, one per line: LINE:COL: substring
 //! --- filtered                or: no pipeline (workflow:rules filtered it out)
 //! ```
@@ -32,6 +37,7 @@ struct Case {
     plan: Option<Vec<String>>,
     plan_variables: Vec<(String, Vec<String>)>,
     plan_name: Option<String>,
+    job_fields: Vec<(String, Vec<String>)>,
     errors: Option<Vec<String>>,
     filtered: bool,
 }
@@ -44,6 +50,7 @@ fn parse_case(name: &str, text: &str) -> Case {
         plan: None,
         plan_variables: Vec::new(),
         plan_name: None,
+        job_fields: Vec::new(),
         errors: None,
         filtered: false,
     };
@@ -66,6 +73,8 @@ fn parse_case(name: &str, text: &str) -> Case {
             case.plan_variables.push((job.trim().to_string(), lines()));
         } else if s == "plan-name" {
             case.plan_name = Some(body.trim().to_string());
+        } else if let Some(job) = s.strip_prefix("job ") {
+            case.job_fields.push((job.trim().to_string(), lines()));
         } else if s == "errors" {
             case.errors = Some(lines());
         } else if s == "filtered" {
@@ -259,6 +268,12 @@ fn run_case(case: &Case) -> Result<(), String> {
                     return Err(format!("no planned job {job}"));
                 };
                 for kv in vars {
+                    if let Some(k) = kv.strip_prefix('!') {
+                        if let Some(d) = pj.variables.iter().find(|d| d.key == k) {
+                            return Err(format!("{job}: expected no {k}, got {k}={}", d.value));
+                        }
+                        continue;
+                    }
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
                     let got = pj
                         .variables
@@ -274,6 +289,10 @@ fn run_case(case: &Case) -> Result<(), String> {
             // The expanded configuration plans to the same jobs.
             let lookup = |_: &str| None;
             let loaded = load_pipeline(&loader, main_path, &lookup);
+            if !case.job_fields.is_empty() {
+                let pipeline = loaded.pipeline.as_ref().map_err(|_| "no pipeline")?;
+                check_job_fields(&case.job_fields, pipeline)?;
+            }
             let tree = loaded.tree.ok_or("no tree")?;
             let text = yaml::emit(&tree);
             match outcome(&loader, "preview.yml", Some(&text), &trig) {
@@ -289,6 +308,52 @@ fn run_case(case: &Case) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Compare `path = value` lines with the JSON form of checked job definitions.
+fn check_job_fields(
+    fields: &[(String, Vec<String>)],
+    pipeline: &slipway_core::model::Pipeline,
+) -> Result<(), String> {
+    for (name, lines) in fields {
+        let job = pipeline
+            .jobs
+            .iter()
+            .find(|j| &j.name == name)
+            .ok_or_else(|| format!("no job definition {name}"))?;
+        let json = serde_json::to_value(job).map_err(|e| e.to_string())?;
+        for line in lines {
+            let (path, want) = line
+                .split_once(" = ")
+                .ok_or_else(|| format!("job {name}: bad line `{line}`"))?;
+            let mut at = Some(&json);
+            for seg in path.trim().split('.') {
+                at = at.and_then(|v| match v {
+                    serde_json::Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    serde_json::Value::Object(o) => o.get(seg),
+                    _ => None,
+                });
+            }
+            let got = match at {
+                None => "missing".to_string(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+            };
+            let want = want.trim();
+            let want_norm = serde_json::from_str::<serde_json::Value>(want)
+                .ok()
+                .filter(|v| !v.is_string())
+                .map(|v| v.to_string())
+                .or_else(|| serde_json::from_str::<String>(want).ok())
+                .unwrap_or_else(|| want.to_string());
+            if got != want_norm {
+                return Err(format!(
+                    "job {name}: {path}: expected {want_norm}, got {got}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]
