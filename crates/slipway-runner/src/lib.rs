@@ -9,3 +9,4 @@
 
 pub mod executor;
 pub mod logs;
+pub mod store;
