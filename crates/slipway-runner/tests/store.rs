@@ -150,8 +150,18 @@ fn directories_are_taken_recursively() {
     let set = collect(&store, ws.path(), &[&abs], &[]);
     assert_eq!(files(&set), ["out/a.txt"]);
     // Overlapping entries are stored once.
-    let set = collect(&store, ws.path(), &["out", "out/a.txt", "out/**"], &[]);
+    let set = collect(
+        &store,
+        ws.path(),
+        &["out", "out/a.txt", "out/**", "out/*.txt"],
+        &[],
+    );
     assert_eq!(set.file_count(), 4);
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    assert_eq!(
+        set.notes[3],
+        "out/*.txt: found 1 matching artifact files and directories"
+    );
 }
 
 #[test]

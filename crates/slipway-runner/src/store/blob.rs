@@ -145,8 +145,15 @@ impl Blobs {
         let dir = dest
             .parent()
             .ok_or_else(|| invalid_data(format!("bad blob path {}", dest.display())))?;
-        fs::create_dir_all(dir).at("cannot create directory", dir)?;
-        let (mut f, tmp) = create_temp(dir)?;
+        // Creating the shard directory only when missing: `mkdir` of an existing
+        // directory is not free, and almost every blob lands in an existing shard.
+        let (mut f, tmp) = match create_temp(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).at("cannot create directory", dir)?;
+                create_temp(dir)?
+            }
+            r => r?,
+        };
         let done = write(&mut f, &tmp).and_then(|()| {
             drop(f);
             fs::rename(&tmp, dest).at("cannot rename into place", dest)

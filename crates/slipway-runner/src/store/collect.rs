@@ -98,7 +98,7 @@ struct Collector {
     canon: PathBuf,
     excludes: Vec<(String, GlobMatcher)>,
     excluded: BTreeMap<String, usize>,
-    /// Directories already walked recursively.
+    /// Directories already walked recursively for the current `paths` entry.
     walked: HashSet<String>,
     out: Collected,
 }
@@ -189,6 +189,9 @@ impl Collector {
     }
 
     fn process_path(&mut self, path: &str) {
+        // Each entry is judged on its own: one covered by an earlier entry still
+        // counts its matches (and gives no "no matching files" warning).
+        self.walked.clear();
         if path.is_empty() {
             self.out
                 .warnings
