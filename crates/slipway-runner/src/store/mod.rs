@@ -259,8 +259,10 @@ impl Store {
 
     /// When artifacts `id` expire (`None`: never).
     pub fn artifacts_expire_at(&self, id: &str) -> io::Result<Option<SystemTime>> {
-        self.load_record(id)
-            .map(|r| r.expire_at.map(|s| UNIX_EPOCH + Duration::from_secs(s)))
+        self.load_record(id).map(|r| {
+            r.expire_at
+                .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+        })
     }
 
     /// Delete artifacts `id` now (their blobs go at the next collection). Whether they existed.
