@@ -12,3 +12,4 @@ pub mod logs;
 pub mod pipeline;
 pub mod shell;
 pub mod workspace;
+pub mod store;
