@@ -11,9 +11,10 @@ set -euo pipefail
 SOCK_PATH=${SLIPWAY_PODMAN_SOCK:-/run/slipway-podman.sock}
 IMAGE=localhost/busybox:test
 WEB_IMAGE=localhost/busybox-web:test
+BASH_IMAGE=localhost/busybox-bash:test
 APPLETS="sh echo cat ls sleep wget httpd env mkdir nc rm true false test [ printf id hostname grep kill head tail tr wc seq pwd"
 # Changing the applets rebuilds the images (their label carries this list).
-IMAGE_REV="1 $APPLETS"
+IMAGE_REV="2 $APPLETS"
 
 log() { echo "setup-podman: $*" >&2; }
 
@@ -55,9 +56,15 @@ fi
 
 # localhost/busybox:test: a shell and the applets the tests use.
 # localhost/busybox-web:test: the same files, exposing port 8080 (a service to wait for).
+# localhost/busybox-bash:test: the same files plus this machine's bash and its libraries
+# (the executor must pick bash when an image has it).
 image_rev() { podman image inspect --format '{{index .Labels "slipway.image.rev"}}' "$1" 2>/dev/null || true; }
-if [ "$(image_rev "$IMAGE")" != "$IMAGE_REV" ] || [ "$(image_rev "$WEB_IMAGE")" != "$IMAGE_REV" ]; then
-    log "importing $IMAGE and $WEB_IMAGE from /bin/busybox"
+stale=""
+for img in "$IMAGE" "$WEB_IMAGE" "$BASH_IMAGE"; do
+    [ "$(image_rev "$img")" = "$IMAGE_REV" ] || stale="$stale $img"
+done
+if [ -n "$stale" ]; then
+    log "importing$stale from /bin/busybox"
     root=$(mktemp -d)
     mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/root"
     chmod 1777 "$root/tmp"
@@ -66,10 +73,20 @@ if [ "$(image_rev "$IMAGE")" != "$IMAGE_REV" ] || [ "$(image_rev "$WEB_IMAGE")" 
     echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
     echo 'root:x:0:' > "$root/etc/group"
     tar -C "$root" -cf "$root.tar" .
-    podman import --change "LABEL slipway.image.rev=\"$IMAGE_REV\"" --change 'ENV PATH=/bin' --change 'CMD ["/bin/sh"]' "$root.tar" "$IMAGE" >/dev/null
-    podman import --change "LABEL slipway.image.rev=\"$IMAGE_REV\"" --change 'ENV PATH=/bin' --change 'EXPOSE 8080' \
+    label="LABEL slipway.image.rev=\"$IMAGE_REV\""
+    podman import --change "$label" --change 'ENV PATH=/bin' --change 'CMD ["/bin/sh"]' \
+        "$root.tar" "$IMAGE" >/dev/null
+    podman import --change "$label" --change 'ENV PATH=/bin' --change 'EXPOSE 8080' \
         --change 'CMD ["httpd", "-f", "-p", "8080", "-h", "/tmp"]' "$root.tar" "$WEB_IMAGE" >/dev/null
-    rm -rf "$root" "$root.tar"
+    bash_path=$(readlink -f "$(command -v bash)")
+    cp "$bash_path" "$root/bin/bash"
+    for lib in $(ldd "$bash_path" | grep -o '/[^ ]*'); do
+        cp --parents -L "$lib" "$root/"
+    done
+    tar -C "$root" -cf "$root-bash.tar" .
+    podman import --change "$label" --change 'ENV PATH=/bin' --change 'CMD ["/bin/bash"]' \
+        "$root-bash.tar" "$BASH_IMAGE" >/dev/null
+    rm -rf "$root" "$root.tar" "$root-bash.tar"
     podman image prune -f >/dev/null 2>&1 || true
 fi
 

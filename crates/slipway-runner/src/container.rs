@@ -27,7 +27,8 @@ use crate::logs::LogSink;
 use bollard::container::AttachContainerResults;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkCreateRequest,
+    NetworkingConfig,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
@@ -404,8 +405,14 @@ enum Stop {
 impl Stop {
     fn outcome(self, log: &LogSink) -> ExecOutcome {
         let status = match self {
-            Stop::TimedOut => ExecStatus::TimedOut,
-            Stop::Canceled => ExecStatus::Canceled,
+            Stop::TimedOut => {
+                log.system("ERROR: Job timed out while preparing its containers");
+                ExecStatus::TimedOut
+            }
+            Stop::Canceled => {
+                log.system("ERROR: Job canceled while preparing its containers");
+                ExecStatus::Canceled
+            }
             Stop::Failure(msg) => {
                 log.system(&format!("ERROR: {msg}"));
                 ExecStatus::SystemFailure(msg)
@@ -584,6 +591,8 @@ struct JobRun<'a> {
     image: String,
     image_spec: Option<&'a Image>,
     network: Option<String>,
+    /// The workspace as an absolute path (the engine needs one to mount it).
+    workdir: PathBuf,
 }
 
 impl ContainerExecutor {
@@ -643,6 +652,7 @@ impl ContainerExecutor {
             image,
             image_spec: job.image.as_ref(),
             network: None,
+            workdir: std::path::absolute(&job.workdir).unwrap_or_else(|_| job.workdir.clone()),
         };
         let outcome = run.run(&job_id, deadline, &cancel, &lookup).await;
         res.cleanup().await;
@@ -688,13 +698,13 @@ impl JobRun<'_> {
             .and_then(|_| {
                 std::fs::write(
                     dir.join("script.sh"),
-                    render_script(&main_commands, &self.job.workdir),
+                    render_script(&main_commands, &self.workdir),
                 )
             })
             .and_then(|_| {
                 std::fs::write(
                     dir.join("after_script.sh"),
-                    render_script(&self.job.after_script, &self.job.workdir),
+                    render_script(&self.job.after_script, &self.workdir),
                 )
             });
         if let Err(e) = written {
@@ -1174,7 +1184,7 @@ impl JobRun<'_> {
     /// Run one script in a new container of the job's image and stream its output.
     async fn run_phase(&self, job_id: &str, phase: Phase<'_>) -> Result<Ended, Stop> {
         let job = self.job;
-        let workdir = job.workdir.to_string_lossy().to_string();
+        let workdir = self.workdir.to_string_lossy().to_string();
         let mut vars = job.variables.clone();
         vars.extend(phase.extra_env.iter().cloned());
         let entrypoint = self
@@ -1197,9 +1207,10 @@ impl JobRun<'_> {
             user: self.image_spec.and_then(|i| i.user.clone()),
             labels: Some(self.exec.labels(job_id, job, phase.role)),
             host_config: Some(HostConfig {
-                binds: Some(vec![
-                    format!("{workdir}:{workdir}"),
-                    format!("{}:{SCRIPTS_MOUNT}:ro", self.res.scripts_dir.display()),
+                // Mounts rather than binds: a path with `:` or `,` stays one path.
+                mounts: Some(vec![
+                    bind_mount(&workdir, &workdir, false),
+                    bind_mount(&self.res.scripts_dir.to_string_lossy(), SCRIPTS_MOUNT, true),
                 ]),
                 network_mode,
                 ..Default::default()
@@ -1332,6 +1343,16 @@ impl JobRun<'_> {
             )),
         }
         ended
+    }
+}
+
+fn bind_mount(source: &str, target: &str, read_only: bool) -> Mount {
+    Mount {
+        source: Some(source.to_string()),
+        target: Some(target.to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        ..Default::default()
     }
 }
 

@@ -655,3 +655,45 @@ async fn empty_entrypoint_clears_the_images_and_user_is_applied() {
     assert_eq!(run.outcome.status, ExecStatus::Success, "{}", run.text());
     assert!(run.lines.iter().any(|l| l == "1234"), "{}", run.text());
 }
+
+#[tokio::test]
+#[ignore = "needs a container engine: scripts/setup-podman.sh"]
+async fn bash_is_used_when_the_image_has_it_with_pipefail() {
+    let h = Harness::new();
+    let dir = tmp();
+    let script = [
+        "echo \"bash=${BASH_VERSION:+yes}\"",
+        "false | true",
+        "echo not-reached",
+    ];
+    // busybox sh: no bash, no pipefail: the pipeline succeeds.
+    let run = h.run(&job(dir.path(), &script)).await;
+    assert_eq!(run.outcome.status, ExecStatus::Success, "{}", run.text());
+    assert!(run.lines.iter().any(|l| l == "bash="));
+    assert!(run.lines.iter().any(|l| l == "not-reached"));
+    // An image with bash: bash runs the script with `set -eo pipefail`.
+    let mut spec = job(dir.path(), &script);
+    spec.image = Some(image("localhost/busybox-bash:test"));
+    let run = h.run(&spec).await;
+    assert_eq!(run.outcome.status, ExecStatus::Failed, "{}", run.text());
+    assert_eq!(run.outcome.exit_code, Some(1));
+    assert!(run.lines.iter().any(|l| l == "bash=yes"), "{}", run.text());
+    assert!(!run.lines.iter().any(|l| l == "not-reached"));
+}
+
+#[tokio::test]
+#[ignore = "needs a container engine: scripts/setup-podman.sh"]
+async fn odd_workspace_paths_are_mounted_whole() {
+    let h = Harness::new();
+    let base = tmp();
+    // A bind string would split at the colon. (Podman 4.3 still refuses a `,` in a
+    // mount's path; Docker takes it.)
+    let dir = base.path().join("with space: and colon");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let run = h
+        .run(&job(&dir, &["pwd", "echo ok > 'it'\\''s here.txt'"]))
+        .await;
+    assert_eq!(run.outcome.status, ExecStatus::Success, "{}", run.text());
+    assert!(run.lines.iter().any(|l| *l == dir.to_string_lossy()));
+    assert!(dir.join("it's here.txt").exists());
+}
