@@ -7,6 +7,7 @@
 //! Scheduling decisions come from `slipway_core::schedule`, so every shell agrees on
 //! what runs when.
 
+pub mod container;
 pub mod executor;
 pub mod logs;
 pub mod pipeline;
