@@ -2625,7 +2625,7 @@ mod tests {
             let s: String = (0..len)
                 .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
                 .collect();
-            let lookup = |name: &str| (name.len() % 2 == 0).then(|| format!("<{name}$>"));
+            let lookup = |name: &str| name.len().is_multiple_of(2).then(|| format!("<{name}$>"));
             let _ = expand(&s, &lookup);
             let _ = expand_existing(&s, &lookup);
             let _ = expand_server(&s, &lookup);

@@ -12,5 +12,5 @@ pub mod executor;
 pub mod logs;
 pub mod pipeline;
 pub mod shell;
-pub mod workspace;
 pub mod store;
+pub mod workspace;
