@@ -78,6 +78,29 @@ fn err<T>(offset: usize, message: impl Into<String>) -> Result<T, ExprError> {
 
 /// Parses an expression, compiling its regular expressions.
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
+    // Large pipelines repeat the same few expressions on hundreds of jobs (templates),
+    // and compiling their regexes dominates planning: remember what was parsed. Parsed
+    // expressions share compiled regexes, so a clone is cheap.
+    thread_local! {
+        static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<Expr, ExprError>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    const MAX_REMEMBERED: usize = 4096;
+    if let Some(hit) = PARSED.with(|c| c.borrow().get(src).cloned()) {
+        return hit;
+    }
+    let result = parse_uncached(src);
+    PARSED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= MAX_REMEMBERED {
+            c.clear();
+        }
+        c.insert(src.to_string(), result.clone());
+    });
+    result
+}
+
+fn parse_uncached(src: &str) -> Result<Expr, ExprError> {
     let tokens = lex(src)?;
     if tokens.is_empty() {
         return err(0, "the expression is empty");
