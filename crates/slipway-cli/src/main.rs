@@ -30,6 +30,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Piping into `head` must end the program quietly, as it does for other Unix tools,
+    // not panic on the closed pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Lint(a) => pipeline_cmds::lint(&a),

@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 use slipway_core::model::Pipeline;
 use slipway_core::plan::{self, NoPipeline, Trigger};
-use slipway_core::{load_pipeline, yaml, Loaded};
+use slipway_core::{load_pipeline, variables, yaml, Loaded};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -106,28 +106,28 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "project".into());
-    let mut predefined = vec![
-        ("CI".to_string(), "true".to_string()),
-        ("GITLAB_CI".to_string(), "true".to_string()),
-        ("CI_PIPELINE_SOURCE".to_string(), ctx.source.clone()),
-        ("CI_COMMIT_REF_NAME".to_string(), ref_name.clone()),
-        ("CI_COMMIT_SHA".to_string(), sha.clone()),
-        (
-            "CI_COMMIT_SHORT_SHA".to_string(),
-            sha.chars().take(8).collect(),
-        ),
-        ("CI_DEFAULT_BRANCH".to_string(), default_branch),
-        ("CI_PROJECT_NAME".to_string(), project_name),
-        (
-            "CI_PROJECT_DIR".to_string(),
-            repo.root.display().to_string(),
-        ),
-    ];
-    if tag {
-        predefined.push(("CI_COMMIT_TAG".into(), ref_name.clone()));
-    } else if ctx.source != "merge_request_event" {
-        predefined.push(("CI_COMMIT_BRANCH".into(), ref_name.clone()));
-    }
+    let field = |fmt: &str| {
+        repo.git(&["log", "-1", &format!("--format={fmt}"), "HEAD"])
+            .unwrap_or_default()
+    };
+    let ctx_vars = variables::PipelineContext {
+        server_url: "http://localhost".into(),
+        project_path: format!("local/{project_name}"),
+        project_name: project_name.clone(),
+        default_branch,
+        commit_sha: sha.clone(),
+        commit_message: field("%B"),
+        commit_author: field("%an <%ae>"),
+        commit_timestamp: field("%cI"),
+        ref_name: ref_name.clone(),
+        tag,
+        source: ctx.source.clone(),
+        ..variables::PipelineContext::default()
+    };
+    let predefined: Vec<(String, String)> = variables::pipeline_variables(&ctx_vars)
+        .iter()
+        .map(|v| (v.key.clone(), v.value.clone()))
+        .collect();
     Ok(Trigger {
         ref_name,
         tag,
