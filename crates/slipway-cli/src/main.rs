@@ -3,6 +3,7 @@
 
 mod pipeline_cmds;
 mod repo;
+mod run_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     Preview(pipeline_cmds::FileArgs),
     /// List the jobs planned for a ref and pipeline source.
     List(pipeline_cmds::ListArgs),
+    /// Run the pipeline on this machine (shell executor).
+    Run(run_cmd::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +44,6 @@ fn main() -> ExitCode {
         Command::Lint(a) => pipeline_cmds::lint(&a),
         Command::Preview(a) => pipeline_cmds::preview(&a),
         Command::List(a) => pipeline_cmds::list(&a),
+        Command::Run(a) => run_cmd::run(&a),
     }
 }

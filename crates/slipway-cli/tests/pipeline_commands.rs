@@ -290,3 +290,56 @@ fn remote_include_is_a_clear_error_at_its_line() {
         "{err}"
     );
 }
+
+#[test]
+fn run_executes_the_pipeline_in_the_shell() {
+    let pipeline = "\
+stages: [build, test]
+build:
+  stage: build
+  script:
+    - echo \"VERSION=1.2.3\" > build.env
+  artifacts:
+    reports:
+      dotenv: build.env
+test:
+  stage: test
+  script:
+    - echo \"sees $VERSION and $TOKEN\"
+flaky:
+  stage: test
+  script: exit 3
+  allow_failure:
+    exit_codes: [3]
+";
+    let dir = repo(&[(".gitlab-ci.yml", pipeline)]);
+    let data = tempfile::tempdir().expect("data dir");
+    let data_arg = data.path().to_string_lossy().to_string();
+    let out = slipway(
+        dir.path(),
+        &["run", "--data", &data_arg, "--secret", "TOKEN=hunter2"],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("test  | sees 1.2.3 and [MASKED]"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("failed (allowed)"), "{text}");
+    assert!(text.contains("pipeline success"), "{text}");
+    // The developer's working tree is untouched.
+    assert!(!dir.path().join("build.env").exists());
+}
+
+#[test]
+fn run_fails_when_a_job_fails() {
+    let dir = repo(&[(
+        ".gitlab-ci.yml",
+        "a:\n  stage: build\n  script: exit 2\nb:\n  stage: test\n  script: echo never\n",
+    )]);
+    let data = tempfile::tempdir().expect("data dir");
+    let data_arg = data.path().to_string_lossy().to_string();
+    let out = slipway(dir.path(), &["run", "--data", &data_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(!text.contains("b | never"), "{text}");
+    assert!(text.contains("pipeline failed"), "{text}");
+}
