@@ -342,28 +342,12 @@ fn with_default_tag(image: &str) -> String {
     }
 }
 
-/// Single-quote a string for POSIX shells.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// The script GitLab Runner would generate: fail on the first failing command (with
 /// `pipefail` under bash), echo each command before running it.
 pub fn render_script(commands: &[String], workdir: &Path) -> String {
     let mut out = String::new();
     out.push_str("if [ -n \"${BASH_VERSION:-}\" ]; then set -eo pipefail; else set -e; fi\n");
-    out.push_str(&format!("cd {}\n", shell_quote(&workdir.to_string_lossy())));
-    for cmd in commands {
-        let shown = match cmd.trim_end().split_once('\n') {
-            Some((first, _)) => format!("$ {first} # collapsed multi-line command"),
-            None => format!("$ {}", cmd.trim_end()),
-        };
-        out.push_str(&format!("printf '%s\\n' {}\n", shell_quote(&shown)));
-        out.push_str(cmd);
-        if !cmd.ends_with('\n') {
-            out.push('\n');
-        }
-    }
+    crate::shell::push_commands(&mut out, commands, workdir);
     out
 }
 

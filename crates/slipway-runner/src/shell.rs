@@ -80,6 +80,14 @@ pub fn render_script(commands: &[String], bash: bool, workdir: &Path) -> String 
         out.push_str("set -e\n");
     }
     out.push_str("set +o noclobber\n");
+    push_commands(&mut out, commands, workdir);
+    out
+}
+
+/// The part of a job script both executors share: change to the workspace, then each
+/// command echoed as `$ command` (a multi-line command shown by its first line, as GitLab
+/// Runner does) and run.
+pub fn push_commands(out: &mut String, commands: &[String], workdir: &Path) {
     out.push_str(&format!("cd {}\n", shell_quote(&workdir.to_string_lossy())));
     for cmd in commands {
         let shown = match cmd.trim_end().split_once('\n') {
@@ -92,7 +100,6 @@ pub fn render_script(commands: &[String], bash: bool, workdir: &Path) -> String 
             out.push('\n');
         }
     }
-    out
 }
 
 /// One shell invocation: the main script or `after_script`.
