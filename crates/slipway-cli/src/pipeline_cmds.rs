@@ -143,7 +143,21 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
     })
 }
 
-fn load(repo: &Repo, path: &str, trigger: Option<&Trigger>) -> Loaded {
+/// Load for the checked-out branch and a push (what `lint` and `preview` check): include
+/// rules see that context, as GitLab's lint sees the default branch.
+fn load_checked_out(repo: &Repo, path: &str) -> Loaded {
+    let ctx = ContextArgs {
+        ref_name: None,
+        tag: false,
+        source: "push".into(),
+        variables: Vec::new(),
+        changed: Vec::new(),
+    };
+    let trig = trigger(repo, &ctx).ok();
+    load(repo, path, trig.as_ref())
+}
+
+pub fn load(repo: &Repo, path: &str, trigger: Option<&Trigger>) -> Loaded {
     let vars: Vec<(String, String)> = trigger
         .map(|t| {
             t.predefined
@@ -161,14 +175,14 @@ fn load(repo: &Repo, path: &str, trigger: Option<&Trigger>) -> Loaded {
     })
 }
 
-fn report_errors(loaded: &Loaded, diags: &slipway_core::diag::Diagnostics) -> ExitCode {
+pub fn report_errors(loaded: &Loaded, diags: &slipway_core::diag::Diagnostics) -> ExitCode {
     eprintln!("{}", diags.render(&loaded.sources));
     let n = diags.len();
     eprintln!("{n} error{}", if n == 1 { "" } else { "s" });
     ExitCode::from(1)
 }
 
-fn fail(msg: &str) -> ExitCode {
+pub fn fail(msg: &str) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(1)
 }
@@ -178,16 +192,7 @@ pub fn lint(args: &FileArgs) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
-    // Include rules see the checked-out branch, as GitLab's lint uses the default branch.
-    let ctx = ContextArgs {
-        ref_name: None,
-        tag: false,
-        source: "push".into(),
-        variables: Vec::new(),
-        changed: Vec::new(),
-    };
-    let trig = trigger(&repo, &ctx).ok();
-    let loaded = load(&repo, &path, trig.as_ref());
+    let loaded = load_checked_out(&repo, &path);
     match &loaded.pipeline {
         Ok(p) => {
             println!(
@@ -222,15 +227,7 @@ pub fn preview(args: &FileArgs) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
-    let ctx = ContextArgs {
-        ref_name: None,
-        tag: false,
-        source: "push".into(),
-        variables: Vec::new(),
-        changed: Vec::new(),
-    };
-    let trig = trigger(&repo, &ctx).ok();
-    let loaded = load(&repo, &path, trig.as_ref());
+    let loaded = load_checked_out(&repo, &path);
     match (&loaded.pipeline, &loaded.tree) {
         (Ok(_), Some(tree)) => {
             print!("{}", yaml::emit(tree));

@@ -2,7 +2,7 @@
 //! on this machine with the shell executor, printing each job's lines prefixed by its name
 //! and a summary at the end. Exit status 0 exactly when the pipeline succeeds.
 
-use crate::pipeline_cmds::{locate, trigger, ContextArgs, FileArgs};
+use crate::pipeline_cmds::{fail, load, locate, report_errors, trigger, ContextArgs, FileArgs};
 use clap::Args;
 use slipway_core::plan::{self, NoPipeline};
 use slipway_core::schedule::{JobStatus, PipelineStatus};
@@ -55,25 +55,13 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(&e),
     };
-    let vars = trig.predefined.clone();
-    let loaded = slipway_core::load_pipeline(&repo, &path, &move |n: &str| {
-        vars.iter()
-            .rev()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-    });
-    let pipeline = match loaded.pipeline {
-        Ok(p) => p,
-        Err(d) => {
-            eprintln!("{}", d.render(&loaded.sources));
-            return ExitCode::from(1);
-        }
+    let loaded = load(&repo, &path, Some(&trig));
+    let pipeline = match &loaded.pipeline {
+        Ok(p) => p.clone(),
+        Err(d) => return report_errors(&loaded, d),
     };
     let mut plan = match plan::plan(&pipeline, &trig) {
-        Err(d) => {
-            eprintln!("{}", d.render(&loaded.sources));
-            return ExitCode::from(1);
-        }
+        Err(d) => return report_errors(&loaded, &d),
         Ok(Err(NoPipeline::FilteredByWorkflow)) => {
             eprintln!(
                 "no pipeline for {}: filtered out by workflow:rules",
@@ -239,9 +227,4 @@ fn fnv(s: &str) -> u32 {
         h = h.wrapping_mul(0x01000193);
     }
     h
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(1)
 }
