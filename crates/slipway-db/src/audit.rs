@@ -277,7 +277,9 @@ fn head_file(core: &Core, db_id: &str) -> std::path::PathBuf {
 
 /// Records the newest head this server committed, if newer than the file's.
 pub(crate) fn write_head_file(core: &Core, seq: i64, hash: &str) -> Result<()> {
-    let _g = core.audit_file.lock().unwrap_or_else(|p| p.into_inner());
+    // Process-wide: several stores of one process may share a data directory.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some(db_id) = core.database_id.get() else {
         return Ok(());
     };
@@ -287,7 +289,9 @@ pub(crate) fn write_head_file(core: &Core, seq: i64, hash: &str) -> Result<()> {
             return Ok(());
         }
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = core
+        .data_dir
+        .join(format!("audit-head.{db_id}.{}.tmp", core.instance));
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;

@@ -1485,6 +1485,198 @@ async fn schedules_and_trigger_tokens(db: &TestDb) {
         .is_none());
 }
 
+// ---- audit log ------------------------------------------------------------------------
+
+async fn audit_entries_n(db: &TestDb, n: usize) {
+    for i in 0..n {
+        db.store
+            .audit(
+                &admin(),
+                "test.action",
+                "thing",
+                &i.to_string(),
+                json!({"i": i, "note": "ünïcode"}),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn kinds(r: &AuditReport) -> Vec<(i64, AuditProblemKind)> {
+    r.problems.iter().map(|p| (p.seq, p.kind)).collect()
+}
+
+async fn audit_chain_detects_tampering(db: &TestDb) {
+    use AuditProblemKind::*;
+    // Intact.
+    audit_entries_n(db, 10).await;
+    let r = db.store.verify_audit().await.unwrap();
+    assert!(r.is_intact(), "{:?}", r.problems);
+    assert_eq!(
+        (r.entries, r.head_seq, r.checked_data_dir_head),
+        (10, 10, true)
+    );
+    let listed = db.store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(listed[3].details["note"], "ünïcode");
+    assert_eq!(listed[4].prev_hash, listed[3].hash);
+    assert_eq!(db.store.audit_recent(2).await.unwrap()[0].seq, 10);
+
+    // Each tampering on a fresh database.
+    let fresh = || async {
+        let t = TestDb::new(db.backend).await.unwrap();
+        audit_entries_n(&t, 10).await;
+        t
+    };
+    let t = fresh().await;
+    t.raw_execute(
+        "UPDATE audit_log SET details = '{\"i\":4,\"note\":\"nothing to see\"}' WHERE seq = 5",
+    )
+    .await;
+    assert_eq!(kinds(&t.store.verify_audit().await.unwrap()), [(5, Edited)]);
+    t.finish().await;
+
+    let t = fresh().await;
+    t.raw_execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
+        .await;
+    assert_eq!(kinds(&t.store.verify_audit().await.unwrap()), [(2, Edited)]);
+    t.finish().await;
+
+    // Signatures swapped between entries: the hashes are right, the MACs are not.
+    let t = fresh().await;
+    t.raw_execute(
+        "UPDATE audit_log SET mac = (SELECT mac FROM audit_log WHERE seq = 3) WHERE seq = 6",
+    )
+    .await;
+    let r = t.store.verify_audit().await.unwrap();
+    assert_eq!(kinds(&r), [(6, Edited)]);
+    assert!(r.problems[0].message.contains("signature"));
+    t.finish().await;
+
+    let t = fresh().await;
+    t.raw_execute("DELETE FROM audit_log WHERE seq IN (4, 5)")
+        .await;
+    let r = t.store.verify_audit().await.unwrap();
+    assert_eq!(kinds(&r), [(4, Deleted)]);
+    assert!(
+        r.problems[0].message.contains("4 to 5"),
+        "{}",
+        r.problems[0].message
+    );
+    t.finish().await;
+
+    // The newest entries deleted: the signed head says otherwise.
+    let t = fresh().await;
+    t.raw_execute("DELETE FROM audit_log WHERE seq >= 9").await;
+    assert_eq!(
+        kinds(&t.store.verify_audit().await.unwrap()),
+        [(9, Deleted)]
+    );
+    t.finish().await;
+
+    // ... and the head rolled back to an older signed value (a replay): the data
+    // directory's copy of the head catches it.
+    let t = TestDb::new(db.backend).await.unwrap();
+    audit_entries_n(&t, 8).await;
+    let head8 = t.raw_dump("audit_head").await;
+    let field = |name: &str| {
+        head8
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_string()
+    };
+    let (hash8, mac8) = (field("hash"), field("mac"));
+    audit_entries_n(&t, 2).await;
+    t.raw_execute("DELETE FROM audit_log WHERE seq >= 9").await;
+    t.raw_execute(&format!(
+        "UPDATE audit_head SET seq = 8, hash = '{hash8}', mac = '{mac8}'"
+    ))
+    .await;
+    let r = t.store.verify_audit().await.unwrap();
+    assert_eq!(kinds(&r), [(9, Deleted)]);
+    assert!(
+        r.problems[0]
+            .message
+            .contains("this server recorded entry 10"),
+        "{}",
+        r.problems[0].message
+    );
+    t.finish().await;
+
+    // A forged head (no key): refused.
+    let t = fresh().await;
+    t.raw_execute("DELETE FROM audit_log WHERE seq >= 9").await;
+    t.raw_execute("UPDATE audit_head SET seq = 8").await;
+    assert!(kinds(&t.store.verify_audit().await.unwrap()).contains(&(8, HeadAltered)));
+    t.finish().await;
+
+    // An entry added behind Slipway's back, after the head.
+    let t = fresh().await;
+    t.raw_execute(
+        "INSERT INTO audit_log (seq, at, actor_id, actor, action, target_type, target_id, details, prev_hash, hash, mac) \
+         SELECT 11, at, actor_id, 'intruder', action, target_type, target_id, details, hash, hash, mac FROM audit_log WHERE seq = 10",
+    )
+    .await;
+    let r = t.store.verify_audit().await.unwrap();
+    assert!(kinds(&r).contains(&(11, Inserted)), "{:?}", r.problems);
+    t.finish().await;
+
+    // An entry inserted in the middle by renumbering the later ones.
+    let t = fresh().await;
+    t.raw_execute("UPDATE audit_log SET seq = seq + 100 WHERE seq > 5")
+        .await;
+    t.raw_execute("UPDATE audit_log SET seq = seq - 99 WHERE seq > 100")
+        .await;
+    t.raw_execute(
+        "INSERT INTO audit_log (seq, at, actor_id, actor, action, target_type, target_id, details, prev_hash, hash, mac) \
+         SELECT 6, at, actor_id, 'intruder', action, target_type, target_id, details, hash, hash, mac FROM audit_log WHERE seq = 5",
+    )
+    .await;
+    let r = t.store.verify_audit().await.unwrap();
+    assert!(!r.is_intact());
+    assert!(r.problems.iter().any(|p| p.seq == 6), "{:?}", r.problems);
+    t.finish().await;
+}
+
+async fn audit_appends_never_fork(db: &TestDb) {
+    // Two stores (two servers on PostgreSQL; two handles on one SQLite file) append at
+    // once; the chain stays one line.
+    let second = db.reopen().await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            second.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            s.audit(
+                &Actor::system(format!("w{i}")),
+                "test.concurrent",
+                "t",
+                &i.to_string(),
+                json!({}),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=40).collect::<Vec<i64>>());
+    let r = db.store.verify_audit().await.unwrap();
+    assert!(r.is_intact(), "{:?}", r.problems);
+    assert_eq!(r.entries, 40);
+    second.close().await;
+}
+
 db_tests!(
     projects_crud,
     polling_bookkeeping,
@@ -1502,4 +1694,6 @@ db_tests!(
     logs_many_jobs_at_once,
     artifacts_index,
     schedules_and_trigger_tokens,
+    audit_chain_detects_tampering,
+    audit_appends_never_fork,
 );
