@@ -42,7 +42,7 @@ async fn crash_child_writer() {
     let mut i: u64 = 0;
     loop {
         // A pipeline of four pending jobs every 40 rounds.
-        if i % 40 == 0 {
+        if i.is_multiple_of(40) {
             let mut np = NewPipeline::new(
                 project.id,
                 "main",
@@ -80,7 +80,7 @@ async fn crash_child_writer() {
                     line.trim_end()
                 ));
             }
-            if i % 3 != 0 {
+            if !i.is_multiple_of(3) {
                 let j = store
                     .finish_job(&lease, &JobOutcome::success())
                     .await
@@ -88,7 +88,7 @@ async fn crash_child_writer() {
                 ack(format!("FINISH {} {}", j.id, j.status.as_str()));
             }
         }
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             let seq = store
                 .audit(
                     &actor,
