@@ -740,12 +740,11 @@ impl Store {
         let mut tx = self.write().await?;
         let mut out = Vec::with_capacity(changes.len());
         for (id, from, to) in changes {
-            let mut job = job_in(&mut tx, *id).await?;
+            let job = job_in(&mut tx, *id).await?;
             if job.status != *from {
                 out.push(false);
                 continue;
             }
-            job.status = *from;
             out.push(transition(&mut tx, &job, *to).await?);
         }
         tx.commit().await?;

@@ -72,6 +72,31 @@ pub struct Lease {
     pub expires_at: Timestamp,
 }
 
+impl Lease {
+    /// The lease's secret token, for handing the lease to a remote agent that later
+    /// presents it back (see [`Lease::from_parts`]).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Rebuilds a lease from what an agent presented; the store checks the token.
+    pub fn from_parts(
+        job: JobId,
+        pipeline: PipelineId,
+        holder: impl Into<String>,
+        token: impl Into<String>,
+        expires_at: Timestamp,
+    ) -> Lease {
+        Lease {
+            job,
+            pipeline,
+            holder: holder.into(),
+            token: token.into(),
+            expires_at,
+        }
+    }
+}
+
 /// What a heartbeat learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseState {
