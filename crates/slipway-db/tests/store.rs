@@ -97,8 +97,30 @@ async fn projects_crud(db: &TestDb) {
         .map(|p| p.name)
         .collect();
     assert_eq!(names, ["app", "other"]);
+    // Deleting cascades (foreign keys are on in SQLite too).
+    let (pl, jobs) = pipeline(
+        db,
+        &u,
+        "main",
+        vec![job("a", "build", 0, JobStatus::Pending)],
+    )
+    .await;
+    s.append_log(jobs[0].id, b"hello\n").await.unwrap();
     s.delete_project(&admin(), p.id).await.unwrap();
     assert!(matches!(s.project(p.id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        s.pipeline(pl.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.job(jobs[0].id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(!db.raw_dump("job_log_chunks").await.contains("hello"));
+    if db.backend == Backend::Sqlite {
+        let mode = db.raw_dump("pragma_journal_mode").await;
+        assert!(mode.contains("journal_mode=wal"), "{mode}");
+    }
 }
 
 async fn polling_bookkeeping(db: &TestDb) {
