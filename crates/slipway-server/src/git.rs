@@ -339,7 +339,7 @@ pub struct RefSnapshot {
 }
 
 /// How a ref changed between two snapshots, or in one push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RefChangeKind {
     Created,
     Updated,
