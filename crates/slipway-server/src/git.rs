@@ -377,11 +377,13 @@ impl RefUpdate {
         })
     }
 
+    /// Created, updated or deleted. No new value is a deletion even when the old one is
+    /// unknown (Gitea's `delete` webhook does not give it).
     pub fn kind(&self) -> RefChangeKind {
         match (&self.old, &self.new) {
-            (None, _) => RefChangeKind::Created,
             (_, None) => RefChangeKind::Deleted,
-            _ => RefChangeKind::Updated,
+            (None, Some(_)) => RefChangeKind::Created,
+            (Some(_), Some(_)) => RefChangeKind::Updated,
         }
     }
 
