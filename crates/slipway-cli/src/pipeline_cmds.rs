@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 use slipway_core::model::Pipeline;
 use slipway_core::plan::{self, NoPipeline, Trigger};
-use slipway_core::{load_pipeline, variables, yaml, Loaded};
+use slipway_core::{variables, yaml, Loaded};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -140,6 +140,7 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
         files: repo.files().to_vec(),
         predefined,
         variables,
+        compare_to: Vec::new(),
     })
 }
 
@@ -158,21 +159,7 @@ fn load_checked_out(repo: &Repo, path: &str) -> Loaded {
 }
 
 pub fn load(repo: &Repo, path: &str, trigger: Option<&Trigger>) -> Loaded {
-    let vars: Vec<(String, String)> = trigger
-        .map(|t| {
-            t.predefined
-                .iter()
-                .chain(t.variables.iter())
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    load_pipeline(repo, path, &move |name: &str| {
-        vars.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    })
+    slipway_core::load_for_trigger(repo, path, trigger)
 }
 
 pub fn report_errors(loaded: &Loaded, diags: &slipway_core::diag::Diagnostics) -> ExitCode {
