@@ -74,7 +74,15 @@ impl TestRepo {
         for (rel, text) in files {
             self.write(rel, text);
         }
-        self.git(&["add", "-A"]);
+        // Only the given files, so a test can keep untracked files around; with none,
+        // everything in the working tree.
+        if files.is_empty() {
+            self.git(&["add", "-A"]);
+        } else {
+            let mut args = vec!["add", "--"];
+            args.extend(files.iter().map(|(rel, _)| *rel));
+            self.git(&args);
+        }
         self.git(&["commit", "--quiet", "--allow-empty", "-m", message]);
         self.git(&["rev-parse", "HEAD"])
     }
