@@ -343,7 +343,9 @@ fn draw(text: &str, mut style: Style) -> (Screen, Style) {
                             _ => screen.cells.clear(),
                         },
                         Some('G') => screen.col = n().saturating_sub(1).min(MAX_COLUMN),
-                        Some('C') => screen.col = (screen.col + n().max(1)).min(MAX_COLUMN),
+                        Some('C') => {
+                            screen.col = screen.col.saturating_add(n().max(1)).min(MAX_COLUMN)
+                        }
                         Some('D') => screen.col = screen.col.saturating_sub(n().max(1)),
                         _ => {}
                     }
@@ -807,6 +809,11 @@ mod tests {
         );
         assert_eq!(line_html("bell\x07"), "bell");
         assert_eq!(line_html("\x1b[99999999999Cx").len(), MAX_COLUMN + 1);
+        // Found by fuzzing: a move by usize::MAX columns.
+        assert_eq!(
+            line_html("a\x1b[18446744073709551615Cb").len(),
+            MAX_COLUMN + 1
+        );
     }
 
     #[test]
