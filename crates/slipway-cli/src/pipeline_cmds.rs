@@ -124,24 +124,17 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
         source: ctx.source.clone(),
         ..variables::PipelineContext::default()
     };
-    let predefined: Vec<(String, String)> = variables::pipeline_variables(&ctx_vars)
-        .iter()
-        .map(|v| (v.key.clone(), v.value.clone()))
-        .collect();
-    Ok(Trigger {
-        ref_name,
-        tag,
-        source: ctx.source.clone(),
-        changed_files: if ctx.changed.is_empty() {
-            None
-        } else {
-            Some(ctx.changed.clone())
-        },
-        files: repo.files().to_vec(),
-        predefined,
+    let changed = if ctx.changed.is_empty() {
+        None
+    } else {
+        Some(ctx.changed.clone())
+    };
+    Ok(Trigger::from_context(
+        &ctx_vars,
+        repo.files().to_vec(),
+        changed,
         variables,
-        compare_to: Vec::new(),
-    })
+    ))
 }
 
 /// Load for the checked-out branch and a push (what `lint` and `preview` check): include

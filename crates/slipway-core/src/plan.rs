@@ -39,6 +39,33 @@ pub struct Trigger {
     pub compare_to: Vec<(String, Option<Vec<String>>)>,
 }
 
+impl Trigger {
+    /// The trigger for a pipeline context: ref, tag and source from it, its pipeline-level
+    /// predefined variables, and what the caller knows of the repository (`files`, the
+    /// changed files) and the run (`variables`). How the CLI and the server both start.
+    pub fn from_context(
+        ctx: &crate::variables::PipelineContext,
+        files: Vec<String>,
+        changed_files: Option<Vec<String>>,
+        variables: Vec<(String, String)>,
+    ) -> Trigger {
+        let predefined = crate::variables::pipeline_variables(ctx)
+            .iter()
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect();
+        Trigger {
+            ref_name: ctx.ref_name.clone(),
+            tag: ctx.tag,
+            source: ctx.source.clone(),
+            changed_files,
+            files,
+            predefined,
+            variables,
+            compare_to: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// `workflow:name`, expanded.

@@ -15,7 +15,7 @@ use slipway_core::diag::Diagnostics;
 use slipway_core::model::Pipeline;
 use slipway_core::plan::{self, NoPipeline, Plan, Trigger};
 use slipway_core::source::SourceMap;
-use slipway_core::variables::{self, MergeRequestContext, PipelineContext, UserContext};
+use slipway_core::variables::{MergeRequestContext, PipelineContext, UserContext};
 use std::fmt;
 
 /// `CI_PIPELINE_SOURCE` values a server creates pipelines for.
@@ -384,23 +384,9 @@ pub fn plan_at_commit(
         user: request.user.clone(),
         ..PipelineContext::default()
     };
-    let predefined: Vec<(String, String)> = variables::pipeline_variables(&context)
-        .iter()
-        .map(|v| (v.key.clone(), v.value.clone()))
-        .collect();
-
     let files = mirror.list_files(&sha)?;
-    let changed_files = changed_files(mirror, request, &sha);
-    let mut trigger = Trigger {
-        ref_name: request.ref_name.clone(),
-        tag: request.tag,
-        source: request.source.as_str().to_string(),
-        changed_files,
-        files,
-        predefined,
-        variables: request.variables.clone(),
-        compare_to: Vec::new(),
-    };
+    let changed = changed_files(mirror, request, &sha);
+    let mut trigger = Trigger::from_context(&context, files, changed, request.variables.clone());
 
     let loader = mirror.at_commit(&sha);
     let loaded = slipway_core::load_for_trigger(&loader, &config_path, Some(&trigger));

@@ -113,6 +113,26 @@ fn mirror_of_a_bare_repository_by_url_follows_its_default_branch() {
     bare.git(&["symbolic-ref", "HEAD", "refs/heads/main"]);
     m.fetch().expect("fetch");
     assert_eq!(m.default_branch().as_deref(), Some("main"));
+
+    // A pull request head (from a fork) lives outside branches: fetched on demand, and
+    // not reported by polling.
+    work.git(&["checkout", "--quiet", "-b", "fork-work"]);
+    let pr = work.commit(&[("fork.txt", "f\n")], "from a fork");
+    work.git(&["push", "--quiet", "origin", "HEAD:refs/pull/7/head"]);
+    assert!(m.poll().expect("poll").is_empty());
+    assert_eq!(m.resolve_commit(&pr).expect("rev"), None);
+    m.fetch_refspecs(&["+refs/pull/7/head:refs/pull/7/head"])
+        .expect("fetch the pull head");
+    assert_eq!(m.resolve_commit("refs/pull/7/head").expect("rev"), Some(pr));
+    assert!(m.fetch_refspecs(&["--upload-pack=x"]).is_err());
+    assert!(
+        m.poll().expect("poll").is_empty(),
+        "pull heads are not branches"
+    );
+    assert!(
+        m.resolve_commit("refs/pull/7/head").expect("rev").is_some(),
+        "--prune leaves refs outside the mirror's refspecs"
+    );
 }
 
 #[test]
