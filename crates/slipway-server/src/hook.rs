@@ -134,10 +134,16 @@ slipway_curl() {{
         --data-binary @- -o /dev/null "$SLIPWAY_URL" 2>&1
 }}
 
+# The body goes through a file (wget) or a pipe (bash), never the command line, which
+# holds at most 128 KiB per argument: a push of thousands of tags must still get through.
 slipway_wget() {{
+    tmp=$(mktemp) || {{ echo "cannot create a temporary file"; return 1; }}
+    printf '%s' "$body" > "$tmp"
     wget -q -T 10 -t 1 -O /dev/null --header="Authorization: Bearer $SLIPWAY_TOKEN" \
-        --header='Content-Type: text/plain' --post-data="$body" "$SLIPWAY_URL" 2>&1 \
-        || {{ echo "wget failed"; return 1; }}
+        --header='Content-Type: text/plain' --post-file="$tmp" "$SLIPWAY_URL" 2>&1
+    status=$?
+    rm -f "$tmp"
+    [ "$status" -eq 0 ] || {{ echo "wget failed (exit status $status)"; return 1; }}
 }}
 
 # Plain HTTP with bash's /dev/tcp, for machines with neither curl nor wget.
@@ -154,11 +160,14 @@ slipway_bash() {{
     host=${{hostport%:*}}
     port=${{hostport##*:}}
     [ "$port" = "$hostport" ] && port=80
+    printf '%s' "$body" | \
     SLIPWAY_HOST=$host SLIPWAY_PORT=$port SLIPWAY_PATH=$path SLIPWAY_HOSTPORT=$hostport \
-    SLIPWAY_BODY=$body SLIPWAY_TOKEN=$SLIPWAY_TOKEN timeout 10 bash -c '
+    SLIPWAY_TOKEN=$SLIPWAY_TOKEN timeout 10 bash -c '
+        body=$(cat; echo x)
+        body=${{body%x}}
         exec 3<>"/dev/tcp/$SLIPWAY_HOST/$SLIPWAY_PORT" || exit 1
         printf "POST %s HTTP/1.0\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s" \
-            "$SLIPWAY_PATH" "$SLIPWAY_HOSTPORT" "$SLIPWAY_TOKEN" "${{#SLIPWAY_BODY}}" "$SLIPWAY_BODY" >&3
+            "$SLIPWAY_PATH" "$SLIPWAY_HOSTPORT" "$SLIPWAY_TOKEN" "${{#body}}" "$body" >&3
         IFS=" " read -r _ status _ <&3
         case "$status" in
             2??) exit 0 ;;

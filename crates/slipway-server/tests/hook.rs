@@ -219,6 +219,64 @@ fn every_http_client_of_the_hook_works() {
     }
 }
 
+/// Creates `n` tags at HEAD in one `git update-ref --stdin`.
+fn many_tags(repo: &TestRepo, n: usize) {
+    let mut script = String::new();
+    for i in 0..n {
+        script.push_str(&format!(
+            "create refs/tags/release-candidate-build-{i:05} HEAD\n"
+        ));
+    }
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(&repo.path)
+        .args(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(script.as_bytes())?;
+            }
+            c.wait()
+        })
+        .expect("update-ref");
+    assert!(status.success());
+}
+
+#[test]
+fn a_push_of_thousands_of_refs_gets_through_every_client() {
+    for client in ["curl", "wget", "bash"] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (bare, work) = setup(tmp.path());
+        // Over 128 KiB of hook input: more than one command-line argument may hold.
+        many_tags(&work, 2000);
+        let (url, rx) = receiver(204);
+        hook::install(
+            &bare.path,
+            &HookTarget {
+                url,
+                token: "t".into(),
+            },
+        )
+        .expect("install");
+        let (ok, stderr) = push(
+            &work.path,
+            &["--quiet", "origin", "refs/tags/*:refs/tags/*"],
+            &[("SLIPWAY_HOOK_CLIENT", client)],
+        );
+        assert!(ok, "{client}: {stderr}");
+        assert!(!stderr.contains("slipway:"), "{client}: {stderr}");
+        let got = rx.recv_timeout(Duration::from_secs(20)).expect("notified");
+        assert!(
+            got.body.len() > 128 * 1024,
+            "{client}: {} bytes",
+            got.body.len()
+        );
+        let n = hook::parse_notification(&got.body).expect("body");
+        assert_eq!(n.updates.len(), 2000, "{client}");
+    }
+}
+
 #[test]
 fn a_server_that_is_down_or_refuses_does_not_fail_the_push() {
     for client in ["curl", "wget", "bash"] {
