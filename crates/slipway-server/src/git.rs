@@ -517,8 +517,7 @@ impl Mirror {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| "mirror".into());
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp = tempfile_path(parent, &format!("new-mirror-{name}"));
         let result = (|| {
             GitCommand::new(None)
                 .args(["init", "--quiet", "--bare"])
@@ -551,10 +550,17 @@ impl Mirror {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, path).map_err(|e| GitError::Io {
-            context: format!("moving the new mirror to {}", path.display()),
-            error: e,
-        })?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Someone else made it meanwhile: theirs is as good as ours.
+            if path.join("HEAD").exists() {
+                return Mirror::open(path);
+            }
+            return Err(GitError::Io {
+                context: format!("moving the new mirror to {}", path.display()),
+                error: e,
+            });
+        }
         Mirror::open(path)
     }
 
