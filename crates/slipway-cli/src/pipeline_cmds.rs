@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 use slipway_core::model::Pipeline;
 use slipway_core::plan::{self, NoPipeline, Trigger};
-use slipway_core::{load_pipeline, variables, yaml, Loaded};
+use slipway_core::{variables, yaml, Loaded};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -124,23 +124,17 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
         source: ctx.source.clone(),
         ..variables::PipelineContext::default()
     };
-    let predefined: Vec<(String, String)> = variables::pipeline_variables(&ctx_vars)
-        .iter()
-        .map(|v| (v.key.clone(), v.value.clone()))
-        .collect();
-    Ok(Trigger {
-        ref_name,
-        tag,
-        source: ctx.source.clone(),
-        changed_files: if ctx.changed.is_empty() {
-            None
-        } else {
-            Some(ctx.changed.clone())
-        },
-        files: repo.files().to_vec(),
-        predefined,
+    let changed = if ctx.changed.is_empty() {
+        None
+    } else {
+        Some(ctx.changed.clone())
+    };
+    Ok(Trigger::from_context(
+        &ctx_vars,
+        repo.files().to_vec(),
+        changed,
         variables,
-    })
+    ))
 }
 
 /// Load for the checked-out branch and a push (what `lint` and `preview` check): include
@@ -158,21 +152,7 @@ fn load_checked_out(repo: &Repo, path: &str) -> Loaded {
 }
 
 pub fn load(repo: &Repo, path: &str, trigger: Option<&Trigger>) -> Loaded {
-    let vars: Vec<(String, String)> = trigger
-        .map(|t| {
-            t.predefined
-                .iter()
-                .chain(t.variables.iter())
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    load_pipeline(repo, path, &move |name: &str| {
-        vars.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    })
+    slipway_core::load_for_trigger(repo, path, trigger)
 }
 
 pub fn report_errors(loaded: &Loaded, diags: &slipway_core::diag::Diagnostics) -> ExitCode {

@@ -2,8 +2,9 @@
 //! files it has. Answers come from the `git` command, so they match what the user sees.
 
 use slipway_core::source::SourceLoader;
+// The server's git runner: no inherited GIT_* variables, no prompts, C locale.
+use slipway_server::git::query as git;
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// A working tree (or a plain directory when there is no git repository).
@@ -11,23 +12,6 @@ pub struct Repo {
     pub root: PathBuf,
     pub is_git: bool,
     files: OnceLock<Vec<String>>,
-}
-
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .trim_end_matches('\n')
-            .to_string(),
-    )
 }
 
 impl Repo {

@@ -40,6 +40,30 @@ pub fn load_pipeline(
     finish(loaded)
 }
 
+/// Like [`load_pipeline`], with `include:rules` seeing what a trigger defines: its
+/// predefined variables, then the variables given for the run (which win).
+pub fn load_for_trigger(
+    loader: &dyn SourceLoader,
+    path: &str,
+    trigger: Option<&plan::Trigger>,
+) -> Loaded {
+    let vars: Vec<(String, String)> = trigger
+        .map(|t| {
+            t.predefined
+                .iter()
+                .chain(t.variables.iter())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    load_pipeline(loader, path, &move |name: &str| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
+}
+
 /// Like [`load_pipeline`] for text already in memory.
 pub fn load_pipeline_text(
     loader: &dyn SourceLoader,

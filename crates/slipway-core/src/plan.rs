@@ -32,6 +32,38 @@ pub struct Trigger {
     /// Variables given for this run (manual run, API, `--variable`): they override the
     /// file's variables.
     pub variables: Vec<(String, String)>,
+    /// The files changed against each `rules:changes:compare_to` ref (see
+    /// [`compare_to_refs`]), computed by the caller from the repository: the ref as
+    /// expanded, and the changed files, or `None` when the ref does not exist (an error,
+    /// as on GitLab). A ref not listed here falls back to `changed_files`.
+    pub compare_to: Vec<(String, Option<Vec<String>>)>,
+}
+
+impl Trigger {
+    /// The trigger for a pipeline context: ref, tag and source from it, its pipeline-level
+    /// predefined variables, and what the caller knows of the repository (`files`, the
+    /// changed files) and the run (`variables`). How the CLI and the server both start.
+    pub fn from_context(
+        ctx: &crate::variables::PipelineContext,
+        files: Vec<String>,
+        changed_files: Option<Vec<String>>,
+        variables: Vec<(String, String)>,
+    ) -> Trigger {
+        let predefined = crate::variables::pipeline_variables(ctx)
+            .iter()
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect();
+        Trigger {
+            ref_name: ctx.ref_name.clone(),
+            tag: ctx.tag,
+            source: ctx.source.clone(),
+            changed_files,
+            files,
+            predefined,
+            variables,
+            compare_to: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,7 +240,19 @@ fn rule_matches(rule: &Rule, scope: &Scope<'_>, trigger: &Trigger) -> bool {
         }
     }
     if let Some(ch) = &rule.changes {
-        if let Some(changed) = &trigger.changed_files {
+        let against = ch.compare_to.as_ref().and_then(|r| {
+            let r = expand_existing(r, &|n| scope.lookup(n));
+            trigger
+                .compare_to
+                .iter()
+                .find(|(k, _)| *k == r)
+                .map(|(_, files)| files)
+        });
+        let changed = match against {
+            Some(files) => files.as_ref(),
+            None => trigger.changed_files.as_ref(),
+        };
+        if let Some(changed) = changed {
             let paths: Vec<String> = ch
                 .paths
                 .iter()
@@ -294,9 +338,59 @@ fn filter_matches(filter: &RefFilter, scope: &Scope<'_>, trigger: &Trigger) -> V
     results
 }
 
+/// Every rule of the pipeline (workflow, then jobs) with its `compare_to` expanded with the
+/// pipeline-level variables of `trigger`.
+fn compare_to_rules<'p>(pipeline: &'p Pipeline, trigger: &Trigger) -> Vec<(&'p Rule, String)> {
+    let scope = Scope {
+        layers: vec![&trigger.predefined],
+        defs: vec![&pipeline.variables],
+        owned: trigger.variables.clone(),
+    };
+    let job_rules = pipeline.jobs.iter().filter_map(|j| j.rules.as_ref());
+    pipeline
+        .workflow
+        .rules
+        .iter()
+        .chain(job_rules)
+        .flatten()
+        .filter_map(|r| {
+            let to = r.changes.as_ref()?.compare_to.as_ref()?;
+            Some((r, expand_existing(to, &|n| scope.lookup(n))))
+        })
+        .collect()
+}
+
+/// The refs that `rules:changes:compare_to` names in `pipeline` (variables expanded), each
+/// once, in file order: what the caller computes [`Trigger::compare_to`] for.
+pub fn compare_to_refs(pipeline: &Pipeline, trigger: &Trigger) -> Vec<String> {
+    let mut refs: Vec<String> = Vec::new();
+    for (_, r) in compare_to_rules(pipeline, trigger) {
+        if !refs.contains(&r) {
+            refs.push(r);
+        }
+    }
+    refs
+}
+
 /// Plan a pipeline for a trigger.
 pub fn plan(pipeline: &Pipeline, trigger: &Trigger) -> PlanResult {
     let mut diags = Diagnostics::new();
+
+    for (rule, to) in compare_to_rules(pipeline, trigger) {
+        if trigger
+            .compare_to
+            .iter()
+            .any(|(k, f)| *k == to && f.is_none())
+        {
+            diags.push(
+                rule.span,
+                format!("rules:changes:compare_to is not a valid ref: {to}"),
+            );
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
 
     // workflow:rules
     let mut workflow_variables = Vec::new();

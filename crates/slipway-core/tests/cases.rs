@@ -133,6 +133,7 @@ fn trigger(case: &Case, files: &[String]) -> Trigger {
         files: files.to_vec(),
         predefined,
         variables,
+        compare_to: Vec::new(),
     }
 }
 
