@@ -246,6 +246,7 @@ struct Inner {
     /// Records loaded at start, handed to their environment when it is added.
     loaded: Mutex<HashMap<String, EnvironmentRecord>>,
     reclaimed: Vec<Reclaimed>,
+    interrupted: Vec<DeploymentRecord>,
 }
 
 enum Command {
@@ -337,6 +338,7 @@ impl Engine {
             envs: Mutex::new(HashMap::new()),
             loaded: Mutex::new(loaded),
             reclaimed,
+            interrupted: interrupted.iter().map(|(_, d, _)| d.clone()).collect(),
         });
         for (env, cur, reason) in interrupted {
             if cur.status == Status::Failed {
@@ -354,6 +356,11 @@ impl Engine {
     /// What [`Engine::open`] found left running by an earlier process and stopped.
     pub fn reclaimed(&self) -> &[Reclaimed] {
         &self.inner.reclaimed
+    }
+
+    /// The deployments [`Engine::open`] found interrupted by a crash, as now recorded.
+    pub fn interrupted(&self) -> &[DeploymentRecord] {
+        &self.inner.interrupted
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {

@@ -107,3 +107,29 @@ pub async fn get(
         })
         .map_err(|e| e.to_string())
 }
+
+/// Kill every instance group a state directory's PID files name (a test that fails
+/// half-way must not leave services running).
+pub fn kill_leftovers(state: &Path) {
+    let Ok(dir) = std::fs::read_dir(state.join("pids")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let pid = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["pid"].as_i64());
+        if let Some(pid) = pid.filter(|p| *p > 0) {
+            // SAFETY: signalling a process group this test started.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        kill_leftovers(&self.state);
+    }
+}
