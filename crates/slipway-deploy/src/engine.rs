@@ -161,6 +161,8 @@ pub enum EngineEvent {
     Routed {
         environment: String,
         routes: Vec<RouteShare>,
+        /// How long replacing the route table took, in microseconds.
+        swap_us: f64,
     },
     Finished(DeploymentReport),
     /// After a restart: the release the record says serves was started again.
@@ -1100,7 +1102,9 @@ impl Actor {
                     }
                     _ => None,
                 };
+                let swap_started = Instant::now();
                 self.router.set_routes(targets.clone());
+                let swap_us = swap_started.elapsed().as_secs_f64() * 1e6;
                 if table.is_empty() {
                     self.record.serving = None;
                 } else if let Some(id) = only {
@@ -1116,6 +1120,7 @@ impl Actor {
                 self.inner.emit(EngineEvent::Routed {
                     environment: self.spec.name.clone(),
                     routes: shares(&targets),
+                    swap_us,
                 });
                 self.immediate.push_front(Event::Routed);
             }
