@@ -19,7 +19,7 @@ use crate::store::{
     DeploymentRecord, EnvironmentRecord, IntentStore, ReleaseRecord, RouteShare, WarmRecord,
 };
 use crate::target::{DeploymentTarget, Reclaimed, ReleaseSpec, TargetEvent};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use slipway_core::deploy::health::{HealthTracker, Probe};
 use slipway_core::deploy::machine::{Action, Deployment, Event, Phase, Plan, Slot, Status};
 use slipway_core::deploy::settings::{EnvironmentDef, HealthCheck, HttpCheck, Strategy, Target};
@@ -118,6 +118,43 @@ impl EnvironmentSpec {
     }
 }
 
+/// How one release runs: taken from the `.slipway` of the commit being deployed, so a
+/// change of command, instance count, strategy or health check ships with the release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseSettings {
+    pub command: String,
+    pub instances: u32,
+    pub stop_grace_ms: u64,
+    pub strategy: Strategy,
+    pub health_check: HealthCheck,
+}
+
+impl ReleaseSettings {
+    pub fn from_def(def: &EnvironmentDef) -> ReleaseSettings {
+        let Target::Process(p) = &def.target;
+        ReleaseSettings {
+            command: p.command.clone(),
+            instances: p.instances,
+            stop_grace_ms: p.stop_grace_ms,
+            strategy: def.strategy.clone(),
+            health_check: def.health_check.clone(),
+        }
+    }
+}
+
+impl EnvironmentSpec {
+    /// The settings a deployment gets when its request brings none.
+    pub fn settings(&self) -> ReleaseSettings {
+        ReleaseSettings {
+            command: self.command.clone(),
+            instances: self.instances,
+            stop_grace_ms: self.stop_grace.as_millis() as u64,
+            strategy: self.strategy.clone(),
+            health_check: self.health_check.clone(),
+        }
+    }
+}
+
 /// Deploy a release to an environment.
 #[derive(Debug, Clone)]
 pub struct DeployRequest {
@@ -130,6 +167,9 @@ pub struct DeployRequest {
     /// For a rollback: the deployment whose release this brings back. When that release
     /// is still warm, only traffic moves.
     pub rollback_to: Option<String>,
+    /// How this release runs; `None` takes the environment's (a rollback should pass the
+    /// settings of the deployment it brings back).
+    pub settings: Option<ReleaseSettings>,
 }
 
 /// How a deployment ended (or, for one that keeps its old release warm, that traffic is
@@ -550,6 +590,7 @@ struct Instance {
 
 struct Running {
     spec: ReleaseSpec,
+    settings: ReleaseSettings,
     record: ReleaseRecord,
     instances: BTreeMap<u32, Instance>,
 }
@@ -566,6 +607,12 @@ struct Active {
     reported: bool,
     switch_ms: Option<f64>,
     rollback_to: Option<String>,
+}
+
+impl Active {
+    fn strategy(&self) -> &Strategy {
+        &self.machine.plan().strategy
+    }
 }
 
 struct Actor {
@@ -718,25 +765,39 @@ impl Actor {
         }
     }
 
-    fn release_spec(&self, id: &str, release: &Release) -> ReleaseSpec {
+    fn release_spec(&self, id: &str, release: &Release, settings: &ReleaseSettings) -> ReleaseSpec {
         ReleaseSpec {
             environment: self.spec.name.clone(),
             release: id.to_string(),
             artifact_dir: release.artifact_dir.clone(),
-            command: self.spec.command.clone(),
+            command: settings.command.clone(),
             variables: release.variables.clone(),
-            stop_grace: self.spec.stop_grace,
+            stop_grace: Duration::from_millis(settings.stop_grace_ms),
         }
     }
 
-    fn release_record(&self, id: &str, release: &Release) -> ReleaseRecord {
+    fn release_record(
+        &self,
+        id: &str,
+        release: &Release,
+        settings: &ReleaseSettings,
+    ) -> ReleaseRecord {
         ReleaseRecord {
             release: id.to_string(),
             version: release.version.clone(),
             digest: release.digest.clone(),
             artifact_dir: release.artifact_dir.clone(),
-            instances: self.spec.instances,
+            instances: settings.instances,
+            settings: Some(settings.clone()),
         }
+    }
+
+    /// A running release's settings (the environment's for one this engine lost track of).
+    fn settings_of(&self, id: &str) -> ReleaseSettings {
+        self.releases
+            .get(id)
+            .map(|r| r.settings.clone())
+            .unwrap_or_else(|| self.spec.settings())
     }
 
     /// After a restart: start the release the record says serves.
@@ -757,18 +818,24 @@ impl Actor {
             });
             return;
         };
-        let spec = self.release_spec(&serving.release, &release);
+        let settings = serving
+            .settings
+            .clone()
+            .unwrap_or_else(|| self.spec.settings());
+        let spec = self.release_spec(&serving.release, &release, &settings);
+        let instances = settings.instances;
         self.releases.insert(
             serving.release.clone(),
             Running {
                 spec,
+                settings,
                 record: serving.clone(),
                 instances: BTreeMap::new(),
             },
         );
         let machine = Deployment::new(Plan {
             strategy: Strategy::Recreate,
-            instances: self.spec.instances,
+            instances,
             old_instances: Vec::new(),
             needs_approval: false,
             new_is_warm: false,
@@ -809,7 +876,8 @@ impl Actor {
             requested_at,
             report,
         } = *q;
-        let n = self.spec.instances;
+        let settings = req.settings.clone().unwrap_or_else(|| self.spec.settings());
+        let n = settings.instances;
         let serving = self.record.serving.as_ref().map(|s| s.release.clone());
         let serving_running = serving.as_ref().and_then(|s| {
             self.releases
@@ -830,12 +898,13 @@ impl Actor {
             None => (req.deployment.clone(), false),
         };
         if !new_is_warm {
-            let spec = self.release_spec(&new_id, &req.release);
-            let record = self.release_record(&new_id, &req.release);
+            let spec = self.release_spec(&new_id, &req.release, &settings);
+            let record = self.release_record(&new_id, &req.release, &settings);
             self.releases.insert(
                 new_id.clone(),
                 Running {
                     spec,
+                    settings: settings.clone(),
                     record,
                     instances: BTreeMap::new(),
                 },
@@ -849,13 +918,13 @@ impl Actor {
             .releases
             .get(&new_id)
             .map(|r| r.record.clone())
-            .unwrap_or_else(|| self.release_record(&new_id, &req.release));
+            .unwrap_or_else(|| self.release_record(&new_id, &req.release, &settings));
         let previous = old
             .as_ref()
             .and_then(|o| self.releases.get(o))
             .map(|r| r.record.clone());
         let machine = Deployment::new(Plan {
-            strategy: self.spec.strategy.clone(),
+            strategy: settings.strategy.clone(),
             instances: n,
             old_instances,
             needs_approval: req.needs_approval,
@@ -866,7 +935,7 @@ impl Actor {
             environment: self.spec.name.clone(),
             release: new_record,
             previous,
-            strategy: self.spec.strategy.name().to_string(),
+            strategy: settings.strategy.name().to_string(),
             rollback_to: req.rollback_to.clone(),
             phase: Phase::Pending,
             status: Status::Pending,
@@ -1013,10 +1082,13 @@ impl Actor {
                             let monitor = CancellationToken::new();
                             tokio::spawn(monitor_instance(
                                 self.inner.clone(),
-                                self.spec.clone(),
-                                id.clone(),
-                                s.index,
-                                s.addr,
+                                Monitored {
+                                    environment: self.spec.name.clone(),
+                                    check: self.settings_of(&id).health_check,
+                                    release: id.clone(),
+                                    index: s.index,
+                                    addr: s.addr,
+                                },
                                 self.tx.clone(),
                                 monitor.clone(),
                             ));
@@ -1061,7 +1133,7 @@ impl Actor {
                     self.inner.target.clone(),
                     self.spec.name.clone(),
                     self.tx.clone(),
-                    self.spec.stop_grace,
+                    Duration::from_millis(self.settings_of(&id).stop_grace_ms),
                 );
                 tokio::spawn(async move {
                     // Requests already on these instances finish before SIGTERM.
@@ -1125,12 +1197,13 @@ impl Actor {
                 self.immediate.push_front(Event::Routed);
             }
             Action::RunChecks => {
-                let checks = match &self.spec.strategy {
-                    Strategy::BlueGreen {
+                let checks = match self.active.as_ref().map(|a| a.strategy()) {
+                    Some(Strategy::BlueGreen {
                         pre_switch_checks, ..
-                    } => pre_switch_checks.clone(),
+                    }) => pre_switch_checks.clone(),
                     _ => Vec::new(),
                 };
+                let new_id = self.slot_release(Slot::New).unwrap_or_default();
                 let addrs: Vec<SocketAddr> = self
                     .slot_release(Slot::New)
                     .and_then(|id| self.releases.get(&id))
@@ -1139,7 +1212,7 @@ impl Actor {
                 let (http, tx, timeout) = (
                     self.inner.http.clone(),
                     self.tx.clone(),
-                    Duration::from_millis(self.spec.health_check.timeout_ms),
+                    Duration::from_millis(self.settings_of(&new_id).health_check.timeout_ms),
                 );
                 tokio::spawn(async move {
                     let ev = match run_checks(&http, &checks, &addrs, timeout).await {
@@ -1281,16 +1354,28 @@ fn shares(targets: &[RouteTarget]) -> Vec<RouteShare> {
 }
 
 /// Probe one instance until it is stopped, telling the actor of every verdict change.
-async fn monitor_instance(
-    inner: Arc<Inner>,
-    spec: EnvironmentSpec,
+/// The instance a monitor probes.
+struct Monitored {
+    environment: String,
+    check: HealthCheck,
     release: String,
     index: u32,
     addr: SocketAddr,
+}
+
+async fn monitor_instance(
+    inner: Arc<Inner>,
+    m: Monitored,
     tx: mpsc::UnboundedSender<Command>,
     cancel: CancellationToken,
 ) {
-    let check = spec.health_check;
+    let Monitored {
+        environment,
+        check,
+        release,
+        index,
+        addr,
+    } = m;
     let mut crashes = inner.target.subscribe();
     let mut tracker = HealthTracker::new(&check, inner.now());
     let mut ticks = tokio::time::interval(Duration::from_millis(check.interval_ms.max(10)));
@@ -1308,8 +1393,8 @@ async fn monitor_instance(
                 p
             }
             ev = crashes.recv() => match ev {
-                Ok(TargetEvent::Exited { environment, release: r, index: i, code })
-                    if environment == spec.name && r == release && i == index => Probe::Crashed { code },
+                Ok(TargetEvent::Exited { environment: e, release: r, index: i, code })
+                    if e == environment && r == release && i == index => Probe::Crashed { code },
                 Err(broadcast::error::RecvError::Closed) => {
                     crashes = inner.target.subscribe();
                     continue;

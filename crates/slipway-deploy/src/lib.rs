@@ -22,6 +22,7 @@ pub mod target;
 pub use engine::{
     DeployRequest, DeploymentHandle, DeploymentReport, Engine, EngineError, EngineEvent,
     EngineOptions, EnvironmentSpec, EnvironmentStatus, MemoryCatalog, Release, ReleaseCatalog,
+    ReleaseSettings,
 };
 pub use process::ProcessTarget;
 pub use store::{IntentStore, JsonFileStore};

@@ -7,6 +7,7 @@
 //! Variables are never stored here (they may hold secrets): after a restart the engine
 //! asks its [`crate::engine::ReleaseCatalog`] for the release it must serve.
 
+use crate::engine::ReleaseSettings;
 use crate::process::write_atomic;
 use crate::target::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,7 @@ use std::sync::Mutex;
 pub const HISTORY_LEN: usize = 20;
 
 /// A release as the record knows it (no variables).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
     /// The id of the deployment that brought this release.
     pub release: String,
@@ -28,6 +29,9 @@ pub struct ReleaseRecord {
     pub digest: Option<String>,
     pub artifact_dir: PathBuf,
     pub instances: u32,
+    /// How it runs (command, strategy, health check; never variables).
+    #[serde(default)]
+    pub settings: Option<ReleaseSettings>,
 }
 
 /// A share of traffic in a switch.
@@ -59,7 +63,7 @@ pub struct DeploymentRecord {
     pub switch_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WarmRecord {
     pub release: ReleaseRecord,
     /// Wall-clock milliseconds since the Unix epoch.
@@ -213,6 +217,7 @@ mod tests {
             digest: None,
             artifact_dir: "/srv/a".into(),
             instances: 2,
+            settings: None,
         });
         store.save(&rec).await.expect("save");
         let again = JsonFileStore::open(&path).expect("reopen");

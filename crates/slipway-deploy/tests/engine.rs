@@ -22,6 +22,7 @@ fn request(env: &str, id: &str, release: slipway_deploy::Release) -> DeployReque
         release,
         needs_approval: false,
         rollback_to: None,
+        settings: None,
     }
 }
 
@@ -374,14 +375,36 @@ async fn recreate_then_rollback_restores_the_old_variables() {
         "v2",
         &[("GREETING", "bye")],
     );
-    let r2 = t
-        .engine
-        .deploy(request("dev", "d2", v2))
-        .expect("d2")
-        .wait()
-        .await
-        .expect("r2");
+    // v2's commit changed its settings: two instances, another health path.
+    let mut req = request("dev", "d2", v2);
+    let mut settings = spec("dev", Strategy::Recreate, 1).settings();
+    settings.instances = 2;
+    settings.health_check.check.path = "/".into();
+    req.settings = Some(settings);
+    let r2 = t.engine.deploy(req).expect("d2").wait().await.expect("r2");
     assert_eq!(r2.phase, Phase::Succeeded);
+    {
+        use slipway_deploy::DeploymentTarget;
+        assert_eq!(
+            t.target.status("dev", "d2").len(),
+            2,
+            "the release's own instance count"
+        );
+        assert!(
+            t.target.status("dev", "d1").is_empty(),
+            "recreate stopped the old release"
+        );
+    }
+    let st = t.engine.status("dev").await.expect("status");
+    let serving = st.record.serving.as_ref().expect("serving");
+    assert_eq!(serving.instances, 2);
+    assert_eq!(
+        serving
+            .settings
+            .as_ref()
+            .map(|s| s.health_check.check.path.as_str()),
+        Some("/")
+    );
     assert_eq!(
         get(&client, addr, "/env/GREETING").await.expect("get"),
         (200, "bye".into())

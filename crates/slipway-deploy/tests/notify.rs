@@ -266,6 +266,7 @@ async fn deployments_notify_and_are_never_blocked_by_a_dead_webhook() {
             ),
             needs_approval: false,
             rollback_to: None,
+            settings: None,
         })
         .expect("deploy")
         .wait()
@@ -283,6 +284,7 @@ async fn deployments_notify_and_are_never_blocked_by_a_dead_webhook() {
             release: release(&artifact(tmp.path(), "v2", false), "v2", &[]),
             needs_approval: false,
             rollback_to: None,
+            settings: None,
         })
         .expect("deploy")
         .wait()

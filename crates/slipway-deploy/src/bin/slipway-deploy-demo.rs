@@ -230,6 +230,7 @@ async fn run(args: Args) -> Result<(), String> {
                     release,
                     needs_approval: false,
                     rollback_to: to,
+                    settings: None,
                 };
                 match engine.deploy(req) {
                     Ok(h) => {
