@@ -64,7 +64,7 @@ fn machine(data: &[u8]) {
         ready.extend((0..instances).map(|i| (Slot::New, i)));
     }
     let mut now = 0u64;
-    let mut check = |actions: Vec<Action>, finished_before: bool, ready: &HashSet<(Slot, u32)>| {
+    let check = |actions: Vec<Action>, finished_before: bool, ready: &HashSet<(Slot, u32)>| {
         if finished_before {
             assert!(actions.is_empty(), "actions after the end: {actions:?}");
         }

@@ -897,6 +897,23 @@ impl Actor {
             Some(to) => (to.clone(), true),
             None => (req.deployment.clone(), false),
         };
+        if !new_is_warm && self.releases.contains_key(&new_id) {
+            // Instance names derive from the id: reusing one would mix two releases.
+            let _ = report.send(Some(DeploymentReport {
+                deployment: req.deployment.clone(),
+                environment: self.spec.name.clone(),
+                status: Status::Failed,
+                phase: Phase::Failed,
+                reason: Some(format!(
+                    "deployment id {} is already used by a running release",
+                    req.deployment
+                )),
+                switch_ms: None,
+                rollback_to: req.rollback_to.clone(),
+            }));
+            Box::pin(self.next_queued()).await;
+            return;
+        }
         if !new_is_warm {
             let spec = self.release_spec(&new_id, &req.release, &settings);
             let record = self.release_record(&new_id, &req.release, &settings);

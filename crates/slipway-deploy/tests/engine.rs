@@ -474,6 +474,25 @@ async fn approval_gates_a_deployment_and_rejection_cancels_it() {
         get(&client, addr, "/").await.expect("get"),
         (200, "v1".into())
     );
+    let again = release(&artifact(tmp.path(), "v3", true), "v3", &[]);
+    let dup = t
+        .engine
+        .deploy(request("production", "d1", again))
+        .expect("dup")
+        .wait()
+        .await
+        .expect("dup report");
+    assert_eq!(dup.status, Status::Failed);
+    assert!(
+        dup.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("already used")),
+        "{dup:?}"
+    );
+    assert_eq!(
+        get(&client, addr, "/").await.expect("get"),
+        (200, "v1".into())
+    );
     assert!(
         t.engine.approve("production", "d2").await.is_err(),
         "a finished deployment cannot be approved"
