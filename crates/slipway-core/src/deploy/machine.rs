@@ -227,6 +227,13 @@ pub struct Deployment {
 impl Deployment {
     pub fn new(plan: Plan) -> Deployment {
         let old_serving = plan.old_instances.clone();
+        // A warm release is ready from the start, so a loss reported while the
+        // deployment waits (for approval) is not missed.
+        let new_ready = if plan.new_is_warm {
+            (0..plan.instances).collect()
+        } else {
+            Vec::new()
+        };
         Deployment {
             plan,
             phase: Phase::Pending,
@@ -236,7 +243,7 @@ impl Deployment {
             old_stopped: Vec::new(),
             old_restarting: Vec::new(),
             new_starting: Vec::new(),
-            new_ready: Vec::new(),
+            new_ready,
             stopping_new: Vec::new(),
             route_sent: None,
             route_in_flight: false,
@@ -297,9 +304,7 @@ impl Deployment {
     }
 
     fn begin(&mut self, now: u64) -> Vec<Action> {
-        let n = self.plan.instances;
         if self.plan.new_is_warm {
-            self.new_ready = (0..n).collect();
             return self.switch_all();
         }
         match self.plan.strategy {

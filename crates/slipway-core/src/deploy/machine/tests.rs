@@ -601,6 +601,29 @@ fn rollback_to_a_warm_release_is_one_switch() {
 }
 
 #[test]
+fn a_warm_release_lost_while_awaiting_approval_is_not_routed() {
+    // Found by the fuzzer: the loss arrived before approval and was forgotten.
+    let mut p = plan(blue_green(1_000), 2, 1);
+    p.new_is_warm = true;
+    p.needs_approval = true;
+    let mut s = Sim::new(p, World::default());
+    s.run();
+    assert_eq!(s.m.phase(), &Phase::AwaitingApproval);
+    s.ready.remove(&(Slot::New, 0));
+    s.deliver(Event::Health {
+        slot: Slot::New,
+        index: 0,
+        transition: Transition::Lost {
+            reason: "3 consecutive failed checks".into(),
+        },
+    });
+    s.settle();
+    assert_eq!(s.m.phase(), &Phase::Failed);
+    assert_eq!(s.serving(), BTreeSet::from([Slot::Old]));
+    assert!(s.m.handle(Event::Approved, 1).is_empty());
+}
+
+#[test]
 fn superseded_while_warm() {
     let mut s = Sim::new(plan(blue_green(30_000), 1, 1), World::default());
     let a = s.m.start(0);
