@@ -496,3 +496,124 @@ async fn approval_gates_a_deployment_and_rejection_cancels_it() {
     );
     t.engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_from_a_slipway_definition_splits_traffic_until_promoted() {
+    // The environment comes from a repository's `.slipway`, as the server will read it.
+    let yaml = "deploy:\n  script: [true]\n  environment: shop\n.slipway:\n  environments:\n    shop:\n      process: {command: exec python3 service.py, instances: 2}\n      strategy:\n        canary:\n          steps: [{weight: 25}, {pause: manual}]\n          keep_warm: 0s\n      health_check: {path: /healthz, interval: 50ms, success_threshold: 2}\n";
+    let loader = slipway_core::source::MemoryLoader::new().with(".gitlab-ci.yml", yaml);
+    let loaded = slipway_core::load_pipeline(&loader, ".gitlab-ci.yml", &|_| None);
+    let settings =
+        slipway_core::deploy::parse_settings(loaded.tree.as_ref().expect("tree")).expect("valid");
+    let def = settings.environment("shop").expect("shop");
+    let spec = slipway_deploy::EnvironmentSpec::from_def(def, "127.0.0.1:0".parse().expect("addr"));
+    assert_eq!(spec.instances, 2);
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = engine(&tmp.path().join("state")).await;
+    let addr = t.engine.add_environment(spec).await.expect("env");
+    let client = HttpClient::new();
+    let v1 = release(&artifact(tmp.path(), "v1", true), "v1", &[]);
+    t.engine
+        .deploy(request("shop", "d1", v1))
+        .expect("d1")
+        .wait()
+        .await
+        .expect("r1");
+    let v2 = release(&artifact(tmp.path(), "v2", true), "v2", &[]);
+    let handle = t.engine.deploy(request("shop", "d2", v2)).expect("d2");
+    // Wait for the manual pause.
+    let mut paused = false;
+    for _ in 0..200 {
+        let st = t.engine.status("shop").await.expect("status");
+        if matches!(
+            st.record.current.as_ref().map(|d| &d.phase),
+            Some(Phase::Paused { until: None, .. })
+        ) {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(paused, "the canary reached its manual pause");
+    let mut v2_count = 0;
+    for _ in 0..400 {
+        let (status, body) = get(&client, addr, "/").await.expect("get");
+        assert_eq!(status, 200);
+        if body == "v2" {
+            v2_count += 1;
+        }
+    }
+    assert!(
+        (60..=140).contains(&v2_count),
+        "{v2_count} of 400 requests reached the 25% canary"
+    );
+    let metrics = t.engine.metrics();
+    let m2 = metrics
+        .release_metrics("shop", "d2")
+        .await
+        .expect("canary metrics");
+    assert_eq!(m2.requests, v2_count as u64);
+    assert_eq!(m2.errors_5xx, 0);
+
+    t.engine.promote("shop", "d2").await.expect("promote");
+    let r = handle.wait().await.expect("r2");
+    assert_eq!(r.status, Status::Success, "{r:?}");
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, addr, "/").await.expect("get"),
+            (200, "v2".into())
+        );
+    }
+    t.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rolling_update_restores_the_old_instances() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = engine(&tmp.path().join("state")).await;
+    let strategy = Strategy::Rolling {
+        max_surge: Amount::Count(0),
+        max_unavailable: Amount::Count(1),
+    };
+    let addr = t
+        .engine
+        .add_environment(spec("api", strategy, 3))
+        .await
+        .expect("env");
+    let v1 = release(&artifact(tmp.path(), "v1", true), "v1", &[]);
+    t.engine
+        .deploy(request("api", "d1", v1))
+        .expect("d1")
+        .wait()
+        .await
+        .expect("r1");
+    let load = Load::start(addr, 2);
+    let bad = release(&artifact(tmp.path(), "v2", false), "v2", &[]);
+    let r = t
+        .engine
+        .deploy(request("api", "d2", bad))
+        .expect("d2")
+        .wait()
+        .await
+        .expect("r2");
+    // Max one unavailable: an old instance was stopped to make room, then brought back.
+    assert_eq!(r.status, Status::Failed, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let results = load.finish().await;
+    assert_runs(&results, &["v1"]);
+    {
+        use slipway_deploy::DeploymentTarget;
+        assert_eq!(
+            t.target.status("api", "d1").len(),
+            3,
+            "all three old instances run again"
+        );
+        assert!(t.target.status("api", "d2").is_empty());
+    }
+    let st = t.engine.status("api").await.expect("status");
+    assert_eq!(st.routes.len(), 1);
+    assert_eq!(st.routes[0].release, "d1");
+    assert_eq!(st.routes[0].weight, 3);
+    t.engine.shutdown().await;
+}
