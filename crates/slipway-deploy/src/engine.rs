@@ -700,6 +700,8 @@ impl Actor {
                             transition,
                         })
                         .await;
+                    } else if self.active.is_none() {
+                        self.readiness(&release, index, &transition);
                     }
                 }
                 Command::Stopped(release, indices) => {
@@ -731,6 +733,53 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Between deployments: an instance of the serving release that is lost leaves the
+    /// route table (unless it is the last one) and comes back once ready again.
+    fn readiness(
+        &mut self,
+        release: &str,
+        index: u32,
+        t: &slipway_core::deploy::health::Transition,
+    ) {
+        use slipway_core::deploy::health::Transition;
+        if self.record.serving.as_ref().map(|s| s.release.as_str()) != Some(release) {
+            return;
+        }
+        let mut routes = self.router.routes();
+        let present = routes
+            .iter()
+            .any(|r| r.release == release && r.index == index);
+        match t {
+            Transition::Lost { .. } | Transition::Failed { .. } if present && routes.len() > 1 => {
+                routes.retain(|r| !(r.release == release && r.index == index));
+            }
+            Transition::Ready if !present => {
+                let Some(addr) = self
+                    .releases
+                    .get(release)
+                    .and_then(|r| r.instances.get(&index))
+                    .map(|i| i.addr)
+                else {
+                    return;
+                };
+                routes.push(RouteTarget {
+                    release: release.to_string(),
+                    index,
+                    addr,
+                    weight: 1,
+                });
+                routes.sort_by_key(|r| r.index);
+            }
+            _ => return,
+        }
+        self.router.set_routes(routes.clone());
+        self.inner.emit(EngineEvent::Routed {
+            environment: self.spec.name.clone(),
+            routes: shares(&routes),
+            swap_us: 0.0,
+        });
     }
 
     /// Remove a queued deployment (reject or cancel before it started).

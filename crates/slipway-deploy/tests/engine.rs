@@ -617,3 +617,45 @@ async fn a_failed_rolling_update_restores_the_old_instances() {
     assert_eq!(st.routes[0].weight, 3);
     t.engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_instance_leaves_the_route_table_until_it_is_ready_again() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = engine(&tmp.path().join("state")).await;
+    let addr = t
+        .engine
+        .add_environment(spec("svc", Strategy::Recreate, 2))
+        .await
+        .expect("env");
+    let v1 = release(&artifact(tmp.path(), "v1", true), "v1", &[]);
+    t.engine
+        .deploy(request("svc", "d1", v1))
+        .expect("d1")
+        .wait()
+        .await
+        .expect("r1");
+    let mut events = t.engine.subscribe();
+    let instance0 = {
+        use slipway_deploy::DeploymentTarget;
+        t.target.status("svc", "d1")[0].addr
+    };
+    let client = HttpClient::new();
+    let _ = get(&client, instance0, "/crash").await;
+    // Out of the table once lost, back once the restarted process is ready.
+    let mut weights = Vec::new();
+    while weights.last() != Some(&2) || weights.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+            Ok(Ok(slipway_deploy::EngineEvent::Routed { routes, .. })) => {
+                weights.push(routes.iter().map(|r| r.weight).sum::<u32>());
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("no route change: {other:?} after {weights:?}"),
+        }
+    }
+    assert_eq!(weights, vec![1, 2]);
+    assert_eq!(
+        get(&client, addr, "/").await.expect("get"),
+        (200, "v1".into())
+    );
+    t.engine.shutdown().await;
+}
