@@ -15,7 +15,7 @@ use slipway_core::deploy::machine::{Phase, Status};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use tokio::sync::Mutex;
 
 /// How many finished deployments an environment record keeps.
 pub const HISTORY_LEN: usize = 20;
@@ -172,22 +172,14 @@ impl JsonFileStore {
 
 impl IntentStore for JsonFileStore {
     fn load(&self) -> BoxFuture<'_, Result<Vec<EnvironmentRecord>, StoreError>> {
-        Box::pin(async move {
-            Ok(self
-                .records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect())
-        })
+        Box::pin(async move { Ok(self.records.lock().await.values().cloned().collect()) })
     }
 
     fn save<'a>(&'a self, record: &'a EnvironmentRecord) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            // One writer at a time, holding the lock across the write so files never
-            // interleave; saves are small and rare (a few per deployment).
-            let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            // One writer at a time, holding the lock across the write, so an older state
+            // can never replace a newer one; saves are small and rare (a few per deployment).
+            let mut records = self.records.lock().await;
             records.insert(record.name.clone(), record.clone());
             let bytes = serde_json::to_vec_pretty(&FileFormat {
                 version: 1,
@@ -195,8 +187,11 @@ impl IntentStore for JsonFileStore {
             })
             .map_err(|e| StoreError(format!("cannot encode the state: {e}")))?;
             let path = self.path.clone();
-            tokio::task::block_in_place(|| write_atomic(&path, &bytes))
-                .map_err(|e| StoreError(format!("cannot write {}: {e}", path.display())))
+            let shown = path.display().to_string();
+            tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+                .await
+                .map_err(|e| StoreError(format!("cannot write {shown}: {e}")))?
+                .map_err(|e| StoreError(format!("cannot write {shown}: {e}")))
         })
     }
 }
@@ -205,7 +200,7 @@ impl IntentStore for JsonFileStore {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    #[tokio::test]
     async fn saves_survive_reopening_and_garbage_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
