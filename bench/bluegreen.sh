@@ -25,6 +25,12 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$demo" 2> /dev/null || break; sleep 0.1; done
     kill "$demo" 2> /dev/null || true
   fi
+  # Instances still listed in PID files (a demo that did not stop cleanly): their groups go.
+  for f in "$work"/state/pids/*.json; do
+    [ -e "$f" ] || continue
+    pid=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pid"])' "$f" 2> /dev/null || true)
+    [ -n "$pid" ] && kill -9 -- "-$pid" 2> /dev/null || true
+  done
   [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
