@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 use slipway_core::model::Pipeline;
 use slipway_core::plan::{self, NoPipeline, Trigger};
+use slipway_core::source::SourceLoader;
 use slipway_core::{load_pipeline, variables, yaml, Loaded};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,29 @@ pub fn locate(args: &FileArgs) -> Result<(Repo, String), String> {
 
 /// Predefined variables and the trigger for a planning context.
 pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
+    let at = Revision {
+        rev: "HEAD".into(),
+        files: repo.files().to_vec(),
+        pipeline_id: 0,
+    };
+    trigger_at(repo, ctx, &at).map(|(t, _)| t)
+}
+
+/// What a pipeline is planned for: a commit (`HEAD`, or `--commit`), the files it has,
+/// and the pipeline's number.
+pub struct Revision {
+    pub rev: String,
+    pub files: Vec<String>,
+    pub pipeline_id: u64,
+}
+
+/// The trigger and the pipeline context (for job-level predefined variables) of a
+/// planning context at a revision.
+pub fn trigger_at(
+    repo: &Repo,
+    ctx: &ContextArgs,
+    at: &Revision,
+) -> Result<(Trigger, variables::PipelineContext), String> {
     let (ref_name, tag) =
         match &ctx.ref_name {
             Some(r) => (r.clone(), ctx.tag),
@@ -99,7 +123,12 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
     }
     let default_branch = repo.default_branch();
     let sha = repo
-        .head_sha()
+        .git(&[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{}^{{commit}}", at.rev),
+        ])
         .unwrap_or_else(|| "0000000000000000000000000000000000000000".into());
     let project_name = repo
         .root
@@ -107,7 +136,7 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "project".into());
     let field = |fmt: &str| {
-        repo.git(&["log", "-1", &format!("--format={fmt}"), "HEAD"])
+        repo.git(&["log", "-1", &format!("--format={fmt}"), &sha])
             .unwrap_or_default()
     };
     let ctx_vars = variables::PipelineContext {
@@ -122,25 +151,30 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
         ref_name: ref_name.clone(),
         tag,
         source: ctx.source.clone(),
+        pipeline_id: at.pipeline_id,
+        pipeline_iid: at.pipeline_id,
         ..variables::PipelineContext::default()
     };
     let predefined: Vec<(String, String)> = variables::pipeline_variables(&ctx_vars)
         .iter()
         .map(|v| (v.key.clone(), v.value.clone()))
         .collect();
-    Ok(Trigger {
-        ref_name,
-        tag,
-        source: ctx.source.clone(),
-        changed_files: if ctx.changed.is_empty() {
-            None
-        } else {
-            Some(ctx.changed.clone())
+    Ok((
+        Trigger {
+            ref_name,
+            tag,
+            source: ctx.source.clone(),
+            changed_files: if ctx.changed.is_empty() {
+                None
+            } else {
+                Some(ctx.changed.clone())
+            },
+            files: at.files.clone(),
+            predefined,
+            variables,
         },
-        files: repo.files().to_vec(),
-        predefined,
-        variables,
-    })
+        ctx_vars,
+    ))
 }
 
 /// Load for the checked-out branch and a push (what `lint` and `preview` check): include
@@ -157,7 +191,7 @@ fn load_checked_out(repo: &Repo, path: &str) -> Loaded {
     load(repo, path, trig.as_ref())
 }
 
-pub fn load(repo: &Repo, path: &str, trigger: Option<&Trigger>) -> Loaded {
+pub fn load(repo: &dyn SourceLoader, path: &str, trigger: Option<&Trigger>) -> Loaded {
     let vars: Vec<(String, String)> = trigger
         .map(|t| {
             t.predefined

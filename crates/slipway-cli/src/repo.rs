@@ -193,3 +193,121 @@ impl SourceLoader for Repo {
         self.files().to_vec()
     }
 }
+
+/// A directory with a known file list: a commit's checkout, read like a working tree.
+pub struct Snapshot {
+    pub root: PathBuf,
+    pub files: Vec<String>,
+}
+
+impl SourceLoader for Snapshot {
+    fn read(&self, path: &str) -> Result<String, String> {
+        let rel = Path::new(path.trim_start_matches('/'));
+        if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err("paths may not leave the repository".into());
+        }
+        std::fs::read_to_string(self.root.join(rel)).map_err(|e| e.to_string())
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.files.clone()
+    }
+}
+
+impl Repo {
+    /// The full id of the commit `rev` names.
+    pub fn resolve_commit(&self, rev: &str) -> Result<String, String> {
+        if !self.is_git {
+            return Err(format!(
+                "{} is not a git repository: --commit needs one",
+                self.root.display()
+            ));
+        }
+        self.git(&[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ])
+        .ok_or_else(|| format!("--commit {rev}: no such commit in {}", self.root.display()))
+    }
+
+    /// A clean checkout of `commit` in `dir` (made once, then reused: a commit never
+    /// changes), without touching the working tree, the index or the refs: the files are
+    /// written through a temporary index. Returns the files, as `git ls-tree` lists them
+    /// (submodules left out).
+    pub fn checkout(&self, commit: &str, dir: &Path) -> Result<Snapshot, String> {
+        let listing = self
+            .git(&["ls-tree", "-r", "-z", "--full-tree", commit])
+            .ok_or_else(|| format!("cannot list the files of commit {commit}"))?;
+        let files: Vec<String> = listing
+            .split('\0')
+            .filter_map(|entry| {
+                let (meta, path) = entry.split_once('\t')?;
+                (meta.split(' ').nth(1) == Some("blob")).then(|| path.to_string())
+            })
+            .collect();
+        let done = dir.join(".slipway-checkout-complete");
+        if done.exists() {
+            return Ok(Snapshot {
+                root: dir.join("tree"),
+                files,
+            });
+        }
+        let tmp = dir.with_file_name(format!(
+            ".{}-{}",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("tree"))
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let index = tmp.join("index");
+        let prefix = format!("{}/", tmp.join("tree").display());
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(&self.root)
+                .args(args)
+                .env("GIT_INDEX_FILE", &index)
+                .output()
+                .map_err(|e| format!("cannot run git: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "git {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        run(&["read-tree", commit])?;
+        run(&[
+            "checkout-index",
+            "--all",
+            "--force",
+            &format!("--prefix={prefix}"),
+        ])?;
+        let _ = std::fs::remove_file(&index);
+        std::fs::write(tmp.join(".slipway-checkout-complete"), commit)
+            .map_err(|e| format!("cannot write in {}: {e}", tmp.display()))?;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        // Another run may have finished the same checkout first: either one will do.
+        if std::fs::rename(&tmp, dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !done.exists() {
+                return Err(format!("cannot move the checkout into {}", dir.display()));
+            }
+        }
+        Ok(Snapshot {
+            root: dir.join("tree"),
+            files,
+        })
+    }
+}

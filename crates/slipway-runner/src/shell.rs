@@ -258,7 +258,10 @@ impl Executor for ShellExecutor {
                 Ended::Exited(code) => (ExecStatus::Failed, code),
                 Ended::TimedOut => (ExecStatus::TimedOut, None),
                 Ended::Canceled => (ExecStatus::Canceled, None),
-                Ended::SpawnFailed(e) => (ExecStatus::SystemFailure(e), None),
+                Ended::SpawnFailed(e) => {
+                    log.system(&format!("ERROR: {e}"));
+                    (ExecStatus::SystemFailure(e), None)
+                }
             };
             if !job.after_script.is_empty() && !matches!(status, ExecStatus::SystemFailure(_)) {
                 let job_status = match status {
