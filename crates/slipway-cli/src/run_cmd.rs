@@ -177,10 +177,8 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "project".into());
-    let project_dir = data_dir(&args.data).join("projects").join(format!(
-        "{project_name}-{:08x}",
-        fnv(&repo.root.to_string_lossy())
-    ));
+    let project_key = format!("{project_name}-{:08x}", fnv(&repo.root.to_string_lossy()));
+    let project_dir = data_dir(&args.data).join("projects").join(&project_key);
 
     // What the jobs run on: the working tree, or a checkout of the commit.
     let (loader, source, commit): (Box<dyn SourceLoader>, Source, Option<String>) = match &args
@@ -293,7 +291,7 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         container: Arc::new(
             ContainerExecutor::from_env()
                 .with_scripts_dir(&scratch)
-                .with_labels([("slipway.pipeline", pipeline_id.to_string())]),
+                .with_labels([("slipway.pipeline", format!("{project_key}-{pipeline_id}"))]),
         ),
         choice: match args.executor {
             ExecutorArg::Auto => ExecutorChoice::Auto,
