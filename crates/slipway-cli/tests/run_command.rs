@@ -1042,7 +1042,7 @@ web-test:
     - wget -q -O - http://web:8080/index.html
 shell-job:
   stage: test
-  script: echo \"on the host: $CI_DISPOSABLE_ENVIRONMENT$CI_SHARED_ENVIRONMENT\"
+  script: 'echo \"on the host: $CI_DISPOSABLE_ENVIRONMENT$CI_SHARED_ENVIRONMENT\"'
 ",
         ),
         ("input.txt", "input from the repository\n"),
