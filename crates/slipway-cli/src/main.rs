@@ -2,6 +2,7 @@
 //! engines. It holds no pipeline logic of its own.
 
 mod console;
+mod gitdir;
 mod pipeline_cmds;
 mod repo;
 mod run_cmd;

@@ -122,32 +122,26 @@ pub fn trigger_at(
         }
     }
     let default_branch = repo.default_branch();
-    let sha = repo
-        .git(&[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("{}^{{commit}}", at.rev),
-        ])
-        .unwrap_or_else(|| "0000000000000000000000000000000000000000".into());
+    let commit = repo.commit_info(&at.rev).unwrap_or_default();
+    let sha = if commit.sha.is_empty() {
+        "0000000000000000000000000000000000000000".to_string()
+    } else {
+        commit.sha.clone()
+    };
     let project_name = repo
         .root
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "project".into());
-    let field = |fmt: &str| {
-        repo.git(&["log", "-1", &format!("--format={fmt}"), &sha])
-            .unwrap_or_default()
-    };
     let ctx_vars = variables::PipelineContext {
         server_url: "http://localhost".into(),
         project_path: format!("local/{project_name}"),
         project_name: project_name.clone(),
         default_branch,
         commit_sha: sha.clone(),
-        commit_message: field("%B"),
-        commit_author: field("%an <%ae>"),
-        commit_timestamp: field("%cI"),
+        commit_message: commit.message.trim_end_matches('\n').to_string(),
+        commit_author: commit.author,
+        commit_timestamp: commit.timestamp,
         ref_name: ref_name.clone(),
         tag,
         source: ctx.source.clone(),

@@ -1,6 +1,9 @@
 //! The repository the CLI runs in: where its root is, which branch is checked out, which
-//! files it has. Answers come from the `git` command, so they match what the user sees.
+//! files it has. Answers come from the `git` command, so they match what the user sees,
+//! except the simple ones `gitdir.rs` reads from `.git` directly (they are asked on every
+//! command, and a `git` process costs milliseconds).
 
+use crate::gitdir::{self, GitDirs};
 use slipway_core::source::SourceLoader;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -11,6 +14,18 @@ pub struct Repo {
     pub root: PathBuf,
     pub is_git: bool,
     files: OnceLock<Vec<String>>,
+    dirs: Option<GitDirs>,
+}
+
+/// What `slipway` needs to know about a commit.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    pub sha: String,
+    /// `Name <email>`.
+    pub author: String,
+    /// ISO 8601.
+    pub timestamp: String,
+    pub message: String,
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
@@ -33,18 +48,71 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
 impl Repo {
     /// The repository containing `dir`, or `dir` itself when it is not in one.
     pub fn discover(dir: &Path) -> Repo {
+        if let Some(d) = gitdir::find(dir) {
+            return Repo {
+                root: d.root.clone(),
+                is_git: true,
+                files: OnceLock::new(),
+                dirs: Some(d),
+            };
+        }
         match git(dir, &["rev-parse", "--show-toplevel"]) {
             Some(root) => Repo {
                 root: PathBuf::from(root),
                 is_git: true,
                 files: OnceLock::new(),
+                dirs: None,
             },
             None => Repo {
                 root: dir.to_path_buf(),
                 is_git: false,
                 files: OnceLock::new(),
+                dirs: None,
             },
         }
+    }
+
+    /// The commit `rev` names, with its author, time and message (one `git` call).
+    pub fn commit_info(&self, rev: &str) -> Option<CommitInfo> {
+        let out = self.git(&[
+            "log",
+            "-1",
+            "--format=%H%x00%an <%ae>%x00%cI%x00%B",
+            &format!("{rev}^{{commit}}"),
+            "--",
+        ])?;
+        let mut parts = out.splitn(4, '\0');
+        Some(CommitInfo {
+            sha: parts.next()?.to_string(),
+            author: parts.next().unwrap_or_default().to_string(),
+            timestamp: parts.next().unwrap_or_default().to_string(),
+            message: parts.next().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// The git directory holding the repository's objects (the main one for a linked
+    /// worktree).
+    pub fn objects_git_dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.dirs {
+            return std::fs::canonicalize(&d.common_dir).ok();
+        }
+        let dir = self.git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])?;
+        Some(PathBuf::from(dir))
+    }
+
+    /// Every branch and tag as `<id> <refname>` lines.
+    pub fn branches_and_tags(&self) -> String {
+        if let Some(refs) = self.dirs.as_ref().and_then(gitdir::branches_and_tags) {
+            return refs;
+        }
+        self.git(&[
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/heads",
+            "refs/tags",
+        ])
+        .map(|r| format!("{r}\n"))
+        .unwrap_or_default()
     }
 
     pub fn git(&self, args: &[&str]) -> Option<String> {
@@ -56,6 +124,9 @@ impl Repo {
 
     /// The checked-out branch, `None` on a detached HEAD.
     pub fn current_branch(&self) -> Option<String> {
+        if let Some(head) = self.dirs.as_ref().and_then(gitdir::head) {
+            return head.ok();
+        }
         self.git(&["symbolic-ref", "--quiet", "--short", "HEAD"])
     }
 
@@ -65,32 +136,41 @@ impl Repo {
     }
 
     pub fn head_sha(&self) -> Option<String> {
+        if let Some(sha) = self.dirs.as_ref().and_then(gitdir::head_commit) {
+            return sha;
+        }
         self.git(&["rev-parse", "--verify", "--quiet", "HEAD"])
+    }
+
+    /// Whether the branch `name` exists.
+    fn has_branch(&self, name: &str) -> bool {
+        let full = format!("refs/heads/{name}");
+        if let Some(found) = self.dirs.as_ref().and_then(|d| gitdir::resolve(d, &full)) {
+            return found.is_some();
+        }
+        self.git(&["rev-parse", "--verify", "--quiet", &full])
+            .is_some()
     }
 
     /// The default branch: origin's HEAD when known, else `init.defaultBranch`, else
     /// `main` or `master` when such a branch exists, else `main`.
     pub fn default_branch(&self) -> String {
-        if let Some(r) = self.git(&[
-            "symbolic-ref",
-            "--quiet",
-            "--short",
-            "refs/remotes/origin/HEAD",
-        ]) {
-            if let Some(b) = r.strip_prefix("origin/") {
-                return b.to_string();
-            }
+        let origin = match &self.dirs {
+            Some(d) => gitdir::origin_head(d),
+            None => self
+                .git(&[
+                    "symbolic-ref",
+                    "--quiet",
+                    "--short",
+                    "refs/remotes/origin/HEAD",
+                ])
+                .and_then(|r| r.strip_prefix("origin/").map(str::to_string)),
+        };
+        if let Some(b) = origin {
+            return b;
         }
         for b in ["main", "master"] {
-            if self
-                .git(&[
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    &format!("refs/heads/{b}"),
-                ])
-                .is_some()
-            {
+            if self.has_branch(b) {
                 return b.to_string();
             }
         }

@@ -249,19 +249,10 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
     play.extend(args.jobs.iter().cloned());
 
     let git = commit.as_ref().and_then(|sha| {
-        let git_dir = repo.git(&["rev-parse", "--absolute-git-dir"])?;
-        let packed = repo
-            .git(&[
-                "for-each-ref",
-                "--format=%(objectname) %(refname)",
-                "refs/heads",
-                "refs/tags",
-            ])
-            .unwrap_or_default();
         Some(GitInfo {
-            git_dir: PathBuf::from(git_dir),
+            git_dir: repo.objects_git_dir()?,
             commit: sha.clone(),
-            packed_refs: format!("{packed}\n"),
+            packed_refs: repo.branches_and_tags(),
         })
     });
     let concurrency = args

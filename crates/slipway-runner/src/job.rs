@@ -10,8 +10,8 @@
 
 use crate::executor::{ExecStatus, Executor, JobSpec};
 use crate::logs::LogSink;
-use crate::store::{self, cache_key, ArtifactSet, Store};
-use crate::workspace::{GitInfo, Source, SyncStats, Workspace};
+use crate::store::{self, cache_key_in, ArtifactSet, Store};
+use crate::workspace::{GitInfo, Laying, Source, SyncStats, Workspace};
 use slipway_core::job::{self as rules, reason, CachePolicy};
 use slipway_core::model::{Artifacts, Job};
 use slipway_core::schedule::JobStatus;
@@ -76,6 +76,8 @@ pub struct AttemptResult {
     pub dotenv: Vec<(String, String)>,
     /// What resetting the workspace took.
     pub workspace: SyncStats,
+    /// What laying the dependencies' artifacts over it took.
+    pub laying: Laying,
 }
 
 impl AttemptResult {
@@ -87,6 +89,7 @@ impl AttemptResult {
             artifacts: None,
             dotenv: Vec::new(),
             workspace: SyncStats::default(),
+            laying: Laying::default(),
         }
     }
 }
@@ -124,10 +127,75 @@ pub async fn run_attempt(a: Attempt<'_>) -> AttemptResult {
     };
     let expand = |s: &str| slipway_core::variables::expand(s, &lookup);
 
-    // 1. The workspace, exactly the source's files.
-    let prepared = blocking(|| a.workspace.prepare(a.source, a.git));
-    let workspace = match prepared {
-        Ok(s) => s,
+    // The dependencies' manifests first: a missing one fails the job before anything runs.
+    let mut sets = Vec::with_capacity(a.dependencies.len());
+    for d in a.dependencies {
+        match blocking(|| a.store.load_artifacts(&d.artifacts)) {
+            Ok(set) => sets.push(set),
+            Err(e) => {
+                log.system(&format!(
+                    "ERROR: the artifacts of {} cannot be found: {e}",
+                    d.job
+                ));
+                return AttemptResult::failed(MISSING_DEPENDENCY);
+            }
+        }
+    }
+    // Caches: keys from the source (the checkout), as GitLab computes them, before
+    // anything is extracted.
+    let mut caches = Vec::new();
+    for (i, c) in a.job.cache.iter().enumerate() {
+        let policy = match CachePolicy::parse(&expand(&c.policy)) {
+            Ok(p) => p,
+            Err(e) => {
+                log.system(&format!("ERROR: cache {i}: {e}"));
+                return AttemptResult::failed(reason::SCRIPT_FAILURE);
+            }
+        };
+        let key = blocking(|| cache_key_in(c, i, a.source.root(), Some(a.source.files()), &expand));
+        let fallback =
+            rules::fallback_keys(c, &key, &expand, lookup("CACHE_FALLBACK_KEY").as_deref());
+        caches.push(ResolvedCache {
+            key,
+            fallback,
+            policy,
+            paths: c.paths.iter().map(|p| expand(p)).collect(),
+            untracked: c.untracked,
+            when: c.when.clone(),
+        });
+    }
+
+    // The workspace: exactly the source's files, then the caches, then the artifacts,
+    // in GitLab Runner's order.
+    let set_refs: Vec<&ArtifactSet> = sets.iter().collect();
+    let prepared = blocking(|| {
+        a.workspace
+            .prepare_with(a.source, a.git, &set_refs, Some(a.store), |dir| {
+                let mut lines = Vec::new();
+                for c in caches.iter().filter(|c| c.policy.restores()) {
+                    lines.push(format!("Checking cache for {}...", c.key));
+                    lines.push(match a.store.restore_cache(&c.key, &c.fallback, dir) {
+                        Ok(Some(k)) if k == c.key => format!("Restored cache {k}"),
+                        Ok(Some(k)) => format!("Restored cache {k} (fallback key)"),
+                        Ok(None) => format!(
+                            "No cache found for {}{}",
+                            c.key,
+                            if c.fallback.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" nor for {}", c.fallback.join(", "))
+                            }
+                        ),
+                        // As GitLab Runner: a cache that cannot be restored does not fail
+                        // the job.
+                        Err(e) => format!("WARNING: restoring cache {} failed: {e}", c.key),
+                    });
+                }
+                lines
+            })
+    });
+    let (workspace, cache_lines, laying) = match prepared {
+        Ok(x) => x,
         Err(e) => {
             log.system(&format!("ERROR: preparing the workspace failed: {e}"));
             return AttemptResult::failed(reason::RUNNER_SYSTEM_FAILURE);
@@ -140,75 +208,17 @@ pub async fn run_attempt(a: Attempt<'_>) -> AttemptResult {
         workspace.copied,
         workspace.removed
     ));
-
-    // 2. Caches: keys come from the checkout, before anything is extracted into it.
-    let mut caches = Vec::new();
-    for (i, c) in a.job.cache.iter().enumerate() {
-        let policy = match CachePolicy::parse(&expand(&c.policy)) {
-            Ok(p) => p,
-            Err(e) => {
-                log.system(&format!("ERROR: cache {i}: {e}"));
-                let mut r = AttemptResult::failed(reason::SCRIPT_FAILURE);
-                r.workspace = workspace;
-                return r;
-            }
-        };
-        let key = blocking(|| cache_key(c, i, &workdir, &expand));
-        let fallback =
-            rules::fallback_keys(c, &key, &expand, lookup("CACHE_FALLBACK_KEY").as_deref());
-        caches.push(ResolvedCache {
-            key,
-            fallback,
-            policy,
-            paths: c.paths.iter().map(|p| expand(p)).collect(),
-            untracked: c.untracked,
-            when: c.when.clone(),
-        });
+    for l in cache_lines {
+        log.system(&l);
     }
-    for c in caches.iter().filter(|c| c.policy.restores()) {
-        log.system(&format!("Checking cache for {}...", c.key));
-        match blocking(|| a.store.restore_cache(&c.key, &c.fallback, &workdir)) {
-            Ok(Some(k)) if k == c.key => log.system(&format!("Restored cache {k}")),
-            Ok(Some(k)) => log.system(&format!("Restored cache {k} (fallback key)")),
-            Ok(None) => log.system(&format!(
-                "No cache found for {}{}",
-                c.key,
-                if c.fallback.is_empty() {
-                    String::new()
-                } else {
-                    format!(" nor for {}", c.fallback.join(", "))
-                }
-            )),
-            // As GitLab Runner: a cache that cannot be restored does not fail the job.
-            Err(e) => log.system(&format!("WARNING: restoring cache {} failed: {e}", c.key)),
-        }
+    for (d, set) in a.dependencies.iter().zip(&sets) {
+        let n = set.file_count();
+        log.system(&format!(
+            "Downloaded artifacts of {} ({n} file{})",
+            d.job,
+            if n == 1 { "" } else { "s" }
+        ));
     }
-
-    // 3. Artifacts of the jobs it depends on.
-    for d in a.dependencies {
-        let extracted = blocking(|| -> std::io::Result<usize> {
-            let set = a.store.load_artifacts(&d.artifacts)?;
-            a.store.extract_artifacts(&set, &workdir)?;
-            Ok(set.file_count())
-        });
-        match extracted {
-            Ok(n) => log.system(&format!(
-                "Downloaded artifacts of {} ({n} file{})",
-                d.job,
-                if n == 1 { "" } else { "s" }
-            )),
-            Err(e) => {
-                log.system(&format!(
-                    "ERROR: the artifacts of {} cannot be extracted: {e}",
-                    d.job
-                ));
-                let mut r = AttemptResult::failed(MISSING_DEPENDENCY);
-                r.workspace = workspace;
-                return r;
-            }
-        }
-    }
-
     // 4. The scripts.
     let spec = JobSpec {
         name: a.name.to_string(),
@@ -234,6 +244,7 @@ pub async fn run_attempt(a: Attempt<'_>) -> AttemptResult {
         artifacts: None,
         dotenv: Vec::new(),
         workspace,
+        laying,
     };
     match &outcome.status {
         ExecStatus::Success => result.status = JobStatus::Success,

@@ -16,7 +16,8 @@
 
 mod track;
 
-use std::collections::HashSet;
+use crate::store::{ArtifactSet, Entry, EntryKind, Store};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -194,7 +195,43 @@ pub struct Workspace {
     /// The tracker's view is complete: the last reset compared everything or followed
     /// every change since.
     trusted: bool,
+    /// What the workspace's `.git` was made from.
+    git_state: Option<(PathBuf, String, String)>,
+    /// The artifacts laid over the source by the last [`Workspace::prepare_with`], by
+    /// path, as long as nothing touched them since.
+    overlay: BTreeMap<String, Laid>,
+    /// Paths written since the last reset that the tracker no longer reports (drained
+    /// while laying artifacts): the next reset fixes them.
+    pending: BTreeSet<String>,
 }
+
+/// One path of the artifacts overlay.
+#[derive(Debug, Clone, PartialEq)]
+enum Laid {
+    /// Written from a manifest entry.
+    Entry(EntryKind),
+    /// A parent directory extraction created (not part of the source).
+    ImplicitDir,
+}
+
+/// What laying artifacts over a workspace did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Laying {
+    /// Entries written.
+    pub written: usize,
+    /// Entries already in place from the previous job, untouched, so not written again.
+    pub kept: usize,
+}
+
+/// The directories of a synthesised `.git`, watched like the checkout's.
+const GIT_DIRS: &[&str] = &[
+    ".git",
+    ".git/objects",
+    ".git/objects/info",
+    ".git/refs",
+    ".git/refs/heads",
+    ".git/refs/tags",
+];
 
 impl Workspace {
     /// The workspace in `dir` (created at the first [`Workspace::prepare`]).
@@ -203,6 +240,9 @@ impl Workspace {
             dir: dir.into(),
             tracker: None,
             trusted: false,
+            git_state: None,
+            overlay: BTreeMap::new(),
+            pending: BTreeSet::new(),
         }
     }
 
@@ -215,23 +255,156 @@ impl Workspace {
     /// every file; later ones only what changed since the previous reset, when that is
     /// known.
     pub fn prepare(&mut self, source: &Source, git: Option<&GitInfo>) -> io::Result<SyncStats> {
-        let dot_git = self.dir.join(".git");
-        if fs::symlink_metadata(&dot_git).is_ok() {
-            remove_path(&dot_git)?;
+        self.prepare_with(source, git, &[], None, |_| ())
+            .map(|(stats, _, _)| stats)
+    }
+
+    /// [`Workspace::prepare`], then `before(dir)` (a job's cache restores), then the
+    /// artifacts `sets` laid over the result in order (later ones win, and win over what
+    /// `before` wrote), as GitLab Runner orders them. Artifacts the previous job left in
+    /// place untouched are kept rather than written again; `store` is where the others
+    /// come from (needed when `sets` is not empty).
+    pub fn prepare_with<R>(
+        &mut self,
+        source: &Source,
+        git: Option<&GitInfo>,
+        sets: &[&ArtifactSet],
+        store: Option<&Store>,
+        before: impl FnOnce(&Path) -> R,
+    ) -> io::Result<(SyncStats, R, Laying)> {
+        let stats = self.reset(source, git)?;
+        let wanted = merge_sets(sets);
+        // Take away what the previous job's artifacts put there and this job does not want.
+        self.revert_overlay(source, wanted.as_ref())?;
+        if let Some(t) = &mut self.tracker {
+            t.discard();
         }
+        let r = before(&self.dir);
+        let written = match (&mut self.tracker, self.trusted) {
+            (Some(t), true) => t.changes(),
+            _ => Changes::Unknown,
+        };
+        let mut laying = Laying::default();
+        match (wanted, store) {
+            (_, None) if !sets.is_empty() => {
+                return Err(io::Error::other("artifacts to lay but no store given"));
+            }
+            (Some(wanted), Some(store)) if self.trusted => {
+                let written = match written {
+                    Changes::Paths(p) => p,
+                    Changes::Unknown => BTreeSet::new(),
+                };
+                let mut todo = Vec::new();
+                for (path, kind) in &wanted {
+                    let in_place = self.overlay.get(path) == Some(&Laid::Entry(kind.clone()))
+                        && !touched(&written, path);
+                    if in_place {
+                        laying.kept += 1;
+                    } else {
+                        todo.push(Entry {
+                            path: path.clone(),
+                            kind: kind.clone(),
+                        });
+                    }
+                }
+                laying.written = todo.len();
+                if !todo.is_empty() {
+                    let set = ArtifactSet {
+                        entries: todo,
+                        ..ArtifactSet::default()
+                    };
+                    store.extract_artifacts(&set, &self.dir)?;
+                }
+                self.pending.extend(written);
+                self.overlay.clear();
+                for (path, kind) in wanted {
+                    let mut at = path.as_str();
+                    while let Some((parent, _)) = at.rsplit_once('/') {
+                        if source.is_dir(parent) || self.overlay.contains_key(parent) {
+                            break;
+                        }
+                        self.overlay.insert(parent.to_string(), Laid::ImplicitDir);
+                        at = parent;
+                    }
+                    self.overlay.insert(path, Laid::Entry(kind));
+                }
+                // Watch the directories extraction made, so changes in them are seen.
+                if let Some(t) = &mut self.tracker {
+                    let dirs: Vec<&String> = self
+                        .overlay
+                        .iter()
+                        .filter(|(p, l)| {
+                            !source.is_dir(p)
+                                && matches!(
+                                    l,
+                                    Laid::ImplicitDir | Laid::Entry(EntryKind::Dir { .. })
+                                )
+                        })
+                        .map(|(p, _)| p)
+                        .collect();
+                    if !dirs.iter().all(|d| t.watch(&self.dir, d)) {
+                        self.tracker = None;
+                        self.trusted = false;
+                    }
+                }
+                if let Some(t) = &mut self.tracker {
+                    t.discard();
+                }
+            }
+            (_, store) => {
+                // Sets that clash (a file in one, a directory in another), or no tracking:
+                // extract one after the other; the next reset finds every change.
+                if let Changes::Paths(p) = written {
+                    self.pending.extend(p);
+                }
+                self.overlay.clear();
+                if let Some(store) = store {
+                    for set in sets {
+                        store.extract_artifacts(set, &self.dir)?;
+                        laying.written += set.entries.len();
+                    }
+                }
+            }
+        }
+        Ok((stats, r, laying))
+    }
+
+    /// Reset to the source's files, keeping the artifacts overlay where untouched.
+    fn reset(&mut self, source: &Source, git: Option<&GitInfo>) -> io::Result<SyncStats> {
         let changes = match (&mut self.tracker, self.trusted) {
             (Some(t), true) => t.changes(),
             _ => Changes::Unknown,
         };
-        let stats = match changes {
-            Changes::Paths(paths) => match self.fix(source, paths)? {
-                Some(stats) => stats,
-                None => self.full(source)?,
-            },
-            Changes::Unknown => self.full(source)?,
+        let (stats, git_touched) = match changes {
+            Changes::Paths(mut paths) => {
+                paths.append(&mut self.pending);
+                let git_touched = paths.iter().any(|p| p == ".git" || p.starts_with(".git/"));
+                match self.fix(source, paths)? {
+                    Some(stats) => (stats, git_touched),
+                    None => (self.full(source)?, true),
+                }
+            }
+            Changes::Unknown => (self.full(source)?, true),
         };
-        if let Some(git) = git {
-            link_git(&self.dir, &git.git_dir, &git.commit, &git.packed_refs)?;
+        // `.git` is rewritten when the job touched it or another commit is wanted.
+        let wanted = git.map(|g| (g.git_dir.clone(), g.commit.clone(), g.packed_refs.clone()));
+        if git_touched || !self.trusted || wanted != self.git_state {
+            let dot_git = self.dir.join(".git");
+            if fs::symlink_metadata(&dot_git).is_ok() {
+                remove_path(&dot_git)?;
+            }
+            self.git_state = None;
+            if let Some(g) = git {
+                link_git(&self.dir, &g.git_dir, &g.commit, &g.packed_refs)?;
+                if let Some(t) = &mut self.tracker {
+                    let watched = GIT_DIRS.iter().all(|d| t.watch(&self.dir, d));
+                    if !watched {
+                        self.tracker = None;
+                        self.trusted = false;
+                    }
+                }
+            }
+            self.git_state = wanted;
         }
         if let Some(t) = &mut self.tracker {
             t.discard();
@@ -239,8 +412,66 @@ impl Workspace {
         Ok(stats)
     }
 
+    /// Undo the overlay's entries that `wanted` does not hold as they are (all of them
+    /// without `wanted`): source files they replaced come back, the rest is removed.
+    fn revert_overlay(
+        &mut self,
+        source: &Source,
+        wanted: Option<&BTreeMap<String, EntryKind>>,
+    ) -> io::Result<()> {
+        let overlay = std::mem::take(&mut self.overlay);
+        // Deepest first, so a directory is empty when its turn comes.
+        for (path, laid) in overlay.into_iter().rev() {
+            let keep = match (&laid, wanted) {
+                (Laid::Entry(kind), Some(w)) => w.get(&path) == Some(kind),
+                (Laid::ImplicitDir, Some(w)) => {
+                    let prefix = format!("{path}/");
+                    w.range(prefix.clone()..)
+                        .next()
+                        .is_some_and(|(p, _)| p.starts_with(&prefix))
+                }
+                (_, None) => false,
+            };
+            if keep {
+                self.overlay.insert(path, laid);
+                continue;
+            }
+            let target = self.dir.join(&path);
+            if source.is_file(&path) {
+                let src = source.root.join(&path);
+                match fs::symlink_metadata(&src) {
+                    Ok(meta) => copy_entry(&src, &meta, &target)?,
+                    Err(_) => {
+                        if fs::symlink_metadata(&target).is_ok() {
+                            remove_path(&target)?;
+                        }
+                    }
+                }
+            } else if source.is_dir(&path) {
+                // A directory of the source: it stays.
+            } else {
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {
+                        // Empty by now unless the job's cache or a later entry needs it.
+                        if fs::remove_dir(&target).is_err()
+                            && wanted.is_none_or(|w| !w.contains_key(&path))
+                        {
+                            self.pending.insert(path.clone());
+                        }
+                    }
+                    Ok(_) => fs::remove_file(&target).map_err(|e| annotate(e, &target))?,
+                    Err(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn full(&mut self, source: &Source) -> io::Result<SyncStats> {
         self.trusted = false;
+        // Everything not in the source goes, artifacts included.
+        self.overlay.clear();
+        self.pending.clear();
         let stats = sync(source, &self.dir, &[".git"])?;
         // Watch every directory of the checkout; any refusal means no tracking.
         self.tracker = Tracker::new();
@@ -313,10 +544,78 @@ impl Workspace {
                 remove_path(&target)?;
                 stats.removed += 1;
             }
+            self.drop_overlay_under(&p);
             handled.insert(p);
         }
         Ok(Some(stats))
     }
+}
+
+impl Workspace {
+    /// Forget overlay entries at `rel` or below it (a reset replaced them).
+    fn drop_overlay_under(&mut self, rel: &str) {
+        if self.overlay.is_empty() {
+            return;
+        }
+        self.overlay.remove(rel);
+        let prefix = format!("{rel}/");
+        let gone: Vec<String> = self
+            .overlay
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            self.overlay.remove(&p);
+        }
+        // A reset inside an implicit directory leaves the directory: it stays listed.
+    }
+}
+
+/// Whether `path` or one of its ancestors is among `paths`.
+fn touched(paths: &BTreeSet<String>, path: &str) -> bool {
+    if paths.contains(path) {
+        return true;
+    }
+    let mut at = path;
+    while let Some((parent, _)) = at.rsplit_once('/') {
+        if paths.contains(parent) {
+            return true;
+        }
+        at = parent;
+    }
+    false
+}
+
+/// The entries of `sets` merged in order (later ones win), or `None` when they clash: a
+/// path that is a directory in one set and something else in another, or an entry
+/// below a non-directory.
+fn merge_sets(sets: &[&ArtifactSet]) -> Option<BTreeMap<String, EntryKind>> {
+    let mut out: BTreeMap<String, EntryKind> = BTreeMap::new();
+    for set in sets {
+        for e in &set.entries {
+            if let Some(old) = out.get(&e.path) {
+                let dir_old = matches!(old, EntryKind::Dir { .. });
+                let dir_new = matches!(e.kind, EntryKind::Dir { .. });
+                if dir_old != dir_new {
+                    return None;
+                }
+            }
+            out.insert(e.path.clone(), e.kind.clone());
+        }
+    }
+    for path in out.keys() {
+        let mut at = path.as_str();
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if let Some(k) = out.get(parent) {
+                if !matches!(k, EntryKind::Dir { .. }) {
+                    return None;
+                }
+            }
+            at = parent;
+        }
+    }
+    Some(out)
 }
 
 /// Remove a file, symlink or directory tree (making read-only directories writable).
@@ -648,5 +947,78 @@ mod tests {
             fs::read_to_string(dst.path().join(".git/HEAD")).expect("head"),
             format!("{}\n", git.commit)
         );
+    }
+    /// Artifacts the previous job left untouched are kept; touched ones are written again;
+    /// unwanted ones go (a source file they replaced comes back); caches restored before
+    /// them never win over them.
+    #[test]
+    fn artifacts_overlay_is_reused_and_kept_exact() {
+        use slipway_core::model::Artifacts;
+        let src = tempfile::tempdir().expect("tmp");
+        let dst = tempfile::tempdir().expect("tmp");
+        write(src.path(), "a.txt", "source a");
+        write(src.path(), "src/main.c", "int main;");
+        let source = Source::new(src.path(), ["a.txt".into(), "src/main.c".into()]);
+        let store = Store::open(dst.path().join("store")).expect("store");
+        let build = dst.path().join("build");
+        write(&build, "out/x.bin", "artifact x");
+        write(&build, "out/sub/y", "artifact y");
+        write(&build, "a.txt", "artifact a");
+        let arts = Artifacts {
+            paths: vec!["out/".into(), "a.txt".into()],
+            ..Artifacts::default()
+        };
+        let set = store
+            .collect_artifacts(&build, &arts, &[])
+            .expect("collect");
+        let mut ws = Workspace::new(dst.path().join("ws"));
+        let root = ws.dir().to_path_buf();
+        let lay = |ws: &mut Workspace, sets: &[&ArtifactSet]| {
+            ws.prepare_with(&source, None, sets, Some(&store), |_| ())
+                .expect("prepare")
+                .2
+        };
+        let first = lay(&mut ws, &[&set]);
+        assert_eq!((first.kept, first.written), (0, set.entries.len()));
+        assert_eq!(
+            fs::read_to_string(root.join("a.txt")).expect("a"),
+            "artifact a"
+        );
+        let second = lay(&mut ws, &[&set]);
+        assert_eq!((second.kept, second.written), (set.entries.len(), 0));
+        // The job changes an artifact inside a directory extraction made.
+        fs::write(root.join("out/x.bin"), "changed by the job").expect("write");
+        write(&root, "out/sub/extra", "new");
+        let third = lay(&mut ws, &[&set]);
+        assert_eq!(third.written, 1, "{third:?}");
+        assert_eq!(
+            fs::read_to_string(root.join("out/x.bin")).expect("x"),
+            "artifact x"
+        );
+        assert!(!root.join("out/sub/extra").exists());
+        // A cache restored first does not win over an artifact.
+        let (_, (), fourth) = ws
+            .prepare_with(&source, None, &[&set], Some(&store), |dir| {
+                fs::write(dir.join("out/x.bin"), "from a cache").expect("cache");
+                fs::write(dir.join("cached.txt"), "cache only").expect("cache");
+            })
+            .expect("prepare");
+        assert_eq!(fourth.written, 1);
+        assert_eq!(
+            fs::read_to_string(root.join("out/x.bin")).expect("x"),
+            "artifact x"
+        );
+        assert!(root.join("cached.txt").exists());
+        // No artifacts wanted: the workspace is the source again, exactly.
+        let none = lay(&mut ws, &[]);
+        assert_eq!(none.written, 0);
+        assert!(!root.join("out").exists());
+        assert!(!root.join("cached.txt").exists());
+        assert_eq!(
+            fs::read_to_string(root.join("a.txt")).expect("a"),
+            "source a"
+        );
+        let check = sync(&source, &root, &[]).expect("sync");
+        assert_eq!((check.copied, check.removed), (0, 0), "{check:?}");
     }
 }
