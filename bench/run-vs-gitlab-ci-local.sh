@@ -12,7 +12,7 @@
 # gitlab-ci-local is installed from npm into ${SLIPWAY_BENCH_CACHE:-~/.cache/slipway-bench}
 # (outside the repository); rsync comes from apt when missing (root).
 #
-# usage: bench/run-vs-gitlab-ci-local.sh [--quick] [--isolation] [ITERATIONS]
+# usage: bench/run-vs-gitlab-ci-local.sh [--quick] [--isolation] [--only=a|b] [ITERATIONS]
 #   --quick      1 timed run of each (the CI smoke test)
 #   --isolation  also time gitlab-ci-local --shell-isolation (a copy per job, as Slipway
 #                gives every job its own workspace): slow, one run per pipeline
@@ -20,10 +20,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 iterations=5
 isolation=0
+kinds="a b"
 for arg in "$@"; do
   case "$arg" in
     --quick) iterations=1 ;;
     --isolation) isolation=1 ;;
+    --only=a|--only=b) kinds=${arg#--only=} ;;
     [0-9]*) iterations=$arg ;;
     *) echo "unknown argument $arg" >&2; exit 2 ;;
   esac
@@ -112,7 +114,7 @@ echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "slipway $("$slipway" --version | cut -d' ' -f2), gitlab-ci-local $("$gcl" --version), $iterations timed runs each"
 printf '%-34s %10s %10s %8s %12s %12s\n' pipeline "slipway" "gcl" ratio "slipway RSS" "gcl RSS"
 status=0
-for kind in a b; do
+for kind in $kinds; do
   label=$([ $kind = a ] && echo "(a) 22 jobs" || echo "(b) 200 jobs, 5,000 files")
   make_repo $kind "$work/$kind-gcl"
   make_repo $kind "$work/$kind-slipway"

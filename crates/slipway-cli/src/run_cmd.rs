@@ -274,8 +274,11 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
             )
         })
         .collect();
+    // Artifacts and caches of a local run can be made again: no flush to disk per
+    // manifest (a killed run still leaves every manifest whole).
     let store = Store::open(project_dir.join("store"))
-        .map_err(|e| format!("cannot open the artifact store: {e}"))?;
+        .map_err(|e| format!("cannot open the artifact store: {e}"))?
+        .with_durability(false);
     let scratch = project_dir.join("tmp");
     let executors = Executors {
         shell: Arc::new(ShellExecutor::new(&scratch)),
