@@ -71,21 +71,25 @@ make_repo() { # kind dir
 ms() { date +%s%N; }
 
 # One timed run: tool kind label -> "<wall ms> <peak KB>" on stdout, output kept in $work.
+# Each timed run starts with the other tool's writes flushed (`sync`), so neither pays
+# for the other's disk write-back.
 run_gcl() { # dir log extra-args...
   local dir=$1 log=$2; shift 2
   local s e
+  sync
   s=$(ms)
-  (cd "$dir" && /usr/bin/time -f "%M" -o "$log.time" "$gcl" --shell-executor-no-image --no-color "$@" >"$log" 2>&1) || true
+  (cd "$dir" && /usr/bin/time -f "%M %U %S" -o "$log.time" "$gcl" --shell-executor-no-image --no-color "$@" >"$log" 2>&1) || true
   e=$(ms)
-  echo "$(( (e - s) / 1000000 )) $(tail -1 "$log.time")"
+  echo "$(( (e - s) / 1000000 )) $(tail -1 "$log.time" | awk '{printf "%d %d", $1, ($2 + $3) * 1000}')"
 }
 run_slipway() { # dir data log
   local dir=$1 data=$2 log=$3
   local s e
+  sync
   s=$(ms)
-  (cd "$dir" && /usr/bin/time -f "%M" -o "$log.time" "$slipway" run --data "$data" --report "$log.json" >"$log" 2>&1) || true
+  (cd "$dir" && /usr/bin/time -f "%M %U %S" -o "$log.time" "$slipway" run --data "$data" --report "$log.json" >"$log" 2>&1) || true
   e=$(ms)
-  echo "$(( (e - s) / 1000000 )) $(tail -1 "$log.time")"
+  echo "$(( (e - s) / 1000000 )) $(tail -1 "$log.time" | awk '{printf "%d %d", $1, ($2 + $3) * 1000}')"
 }
 
 # Outcomes as sorted "name status" lines. gitlab-ci-local names parallel jobs
@@ -105,6 +109,43 @@ for j in r["jobs"]:
         s = "failed-allowed"
     print(j["name"], s)
 ' "$1" | sort
+}
+
+# Every job's script (from Slipway's run) through bash, $(nproc) at a time.
+floor() { # repo dir
+  local dir=$1 s e
+  python3 - "$dir" "$work/floor-scripts" <<'PY'
+import os, sys
+repo, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
+# Each job's commands from the pipeline file (the generated pipelines are plain: a job
+# key, its `    - ` script lines, `parallel: N` for N copies).
+import re
+text = open(os.path.join(repo, ".gitlab-ci.yml")).read()
+jobs = []
+for line in text.splitlines():
+    if re.match(r"^[a-z][^ :]*:$", line) and not line.startswith("stages"):
+        jobs.append({"cmds": [], "copies": 1})
+    elif jobs and line.startswith("    - "):
+        jobs[-1]["cmds"].append(line[6:])
+    elif jobs and re.match(r"^  parallel: [0-9]+$", line):
+        jobs[-1]["copies"] = int(line.split()[-1])
+n = 0
+for job in jobs:
+    for _ in range(job["copies"]):
+        with open(os.path.join(out, f"job{n:03d}.sh"), "w") as f:
+            # Every command runs (no set -e): outside a workspace some checks fail.
+            for c in job["cmds"]:
+                f.write(f"printf '%s\\n' '$ job command'\n{c}\n")
+        n += 1
+PY
+  sync
+  s=$(ms)
+  mkdir -p "$work/floor-run"
+  (cd "$work/floor-run" && ls "$work"/floor-scripts/*.sh | xargs -P "$(nproc)" -n 1 bash --noprofile --norc >/dev/null 2>&1) || true
+  e=$(ms)
+  rm -rf "$work/floor-scripts" "$work/floor-run"
+  echo $(( (e - s) / 1000000 ))
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print int((a[NR/2]+a[NR/2+1])/2)}'; }
@@ -145,13 +186,19 @@ for kind in $kinds; do
     "$(awk -v k="$s_kb" 'BEGIN{printf "%.1f", k/1024}')" "$(awk -v k="$g_kb" 'BEGIN{printf "%.1f", k/1024}')"
   echo "  slipway runs (ms): $(cut -d' ' -f1 "$work/$kind.slipway" | tr '\n' ' ')"
   echo "  gitlab-ci-local runs (ms): $(cut -d' ' -f1 "$work/$kind.gcl" | tr '\n' ' ')"
+  echo "  CPU time (user+sys, median): slipway $(cut -d' ' -f3 "$work/$kind.slipway" | median) ms, gitlab-ci-local $(cut -d' ' -f3 "$work/$kind.gcl" | median) ms"
+  # The floor both tools stand on: one bash per job, as many at once as Slipway runs
+  # (the cores), with no runner at all.
+  floor_ms=$(floor "$work/$kind-slipway")
+  echo "  floor (one bash per job running its commands, $(nproc) at a time, no runner): $floor_ms ms"
   if [ "$isolation" = 1 ]; then
     rm -rf "$work/$kind-gcl/.gitlab-ci-local"
     iso=$(run_gcl "$work/$kind-gcl" "$work/$kind-gcl-iso.log" --shell-isolation)
     outcomes_gcl "$work/$kind-gcl-iso.log" | diff -q - "$work/$kind.out-slipway" >/dev/null \
       || { echo "$label: --shell-isolation outcomes differ" >&2; status=1; }
-    i_ms=${iso% *}
-    echo "  gitlab-ci-local --shell-isolation: $i_ms ms ($(awk -v g="$i_ms" -v s="$s_ms" 'BEGIN { printf "%.0fx", g / (s > 0 ? s : 1) }') slipway's median), peak $(awk -v k="${iso#* }" 'BEGIN{printf "%.1f", k/1024}') MB"
+    i_ms=$(echo "$iso" | cut -d' ' -f1)
+    i_kb=$(echo "$iso" | cut -d' ' -f2)
+    echo "  gitlab-ci-local --shell-isolation: $i_ms ms ($(awk -v g="$i_ms" -v s="$s_ms" 'BEGIN { printf "%.0fx", g / (s > 0 ? s : 1) }') slipway's median), peak $(awk -v k="$i_kb" 'BEGIN{printf "%.1f", k/1024}') MB"
     rm -rf "$work/$kind-gcl/.gitlab-ci-local"
   fi
 done
