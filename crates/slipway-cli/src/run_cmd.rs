@@ -135,6 +135,48 @@ fn claim_pipeline(project: &Path) -> Result<(u64, PathBuf), String> {
     }
 }
 
+/// Pipelines whose logs are kept; older ones are deleted when a run starts.
+const KEEP_PIPELINES: u64 = 50;
+
+/// Delete the log directories of all but the newest [`KEEP_PIPELINES`] pipelines.
+fn prune_pipelines(project: &Path, newest: u64) {
+    let dir = project.join("pipelines");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n + KEEP_PIPELINES <= newest);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Whether artifacts are due to be expired: at most once per `SLIPWAY_EXPIRE_INTERVAL`
+/// seconds (an hour by default; 0 for every run), as GitLab expires them periodically.
+/// Claims the turn by touching a stamp file.
+fn expiry_due(store_dir: &Path) -> bool {
+    let interval = std::env::var("SLIPWAY_EXPIRE_INTERVAL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(3600);
+    let stamp = store_dir.join(".expired-at");
+    let due = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age.as_secs() >= interval);
+    if due {
+        let _ = std::fs::create_dir_all(store_dir);
+        let _ = std::fs::write(&stamp, b"");
+    }
+    due
+}
+
 /// `n` workspace slots nobody else uses: each is held by an exclusive lock on
 /// `builds/<slot>.lock` for as long as the returned files stay open.
 fn claim_slots(builds: &Path, n: usize) -> Result<(Vec<usize>, Vec<File>), String> {
@@ -207,6 +249,7 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         }
     };
     let (pipeline_id, logs_dir) = claim_pipeline(&project_dir)?;
+    prune_pipelines(&project_dir, pipeline_id);
     let at = Revision {
         rev: commit.clone().unwrap_or_else(|| "HEAD".into()),
         files: source.files().to_vec(),
@@ -310,6 +353,7 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         store: Arc::new(store),
         run_id: format!("p{pipeline_id}"),
         latest_artifacts: Some(project_dir.join("latest-artifacts.json")),
+        expire_artifacts: expiry_due(&project_dir.join("store")),
         concurrency,
         play,
     };

@@ -64,7 +64,9 @@ impl Project {
             .current_dir(self.repo.path())
             .env("NO_COLOR", "1")
             // No engine unless a test asks for one.
-            .env("DOCKER_HOST", "unix:///nonexistent/slipway-test.sock");
+            .env("DOCKER_HOST", "unix:///nonexistent/slipway-test.sock")
+            // Expire artifacts at every run, not once an hour.
+            .env("SLIPWAY_EXPIRE_INTERVAL", "0");
         c
     }
 

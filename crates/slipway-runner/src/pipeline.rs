@@ -95,6 +95,9 @@ pub struct RunContext {
     /// The latest artifacts of each job, kept across runs: a job whose dependency is not
     /// part of this run gets that job's artifacts from an earlier one.
     pub latest_artifacts: Option<PathBuf>,
+    /// Delete expired artifacts (and unreferenced blobs) before running. Every manifest is
+    /// read, so callers do it now and then rather than on every run.
+    pub expire_artifacts: bool,
     pub concurrency: usize,
     /// Manual jobs to play when they become playable.
     pub play: Vec<String>,
@@ -220,7 +223,7 @@ pub async fn run(
         .unwrap_or_default();
     // Expired artifacts of earlier runs go; the latest of each job is kept, as GitLab
     // keeps the most recent artifacts.
-    {
+    if ctx.expire_artifacts {
         let keep: HashSet<String> = latest.jobs.values().cloned().collect();
         let _ = ctx.store.expire(SystemTime::now(), &|id| keep.contains(id));
     }
