@@ -229,8 +229,24 @@ pub async fn run(
     }
     // allow_failure can turn true after the fact (allow_failure:exit_codes).
     let mut live_plan = ctx.plan.clone();
-    let workspaces = std::mem::take(&mut ctx.workspaces);
+    let mut workspaces = std::mem::take(&mut ctx.workspaces);
     let limit = ctx.concurrency.max(1).min(workspaces.len().max(1));
+    // Bring every workspace up to date at once, a thread each, while nothing else runs:
+    // each slot's first job then pays only for what changed since (changes are tracked),
+    // instead of a full comparison in the middle of the pipeline.
+    if workspaces.len() > 1 {
+        let (source, git) = (&ctx.source, ctx.git.as_ref());
+        job::blocking(|| {
+            std::thread::scope(|s| {
+                for (_, ws) in workspaces.iter_mut() {
+                    s.spawn(move || {
+                        // A failure shows again, with its message, at the slot's first job.
+                        let _ = ws.prepare(source, git);
+                    });
+                }
+            })
+        });
+    }
     let ctx = Arc::new(ctx);
     let slots: Arc<Slots> = Arc::new(Mutex::new(workspaces.into_iter().map(Some).collect()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
