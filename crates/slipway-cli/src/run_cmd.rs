@@ -205,6 +205,13 @@ fn claim_slots(builds: &Path, n: usize) -> Result<(Vec<usize>, Vec<File>), Strin
 }
 
 pub fn run(args: &RunArgs) -> ExitCode {
+    // A closed stdout (`slipway run | head`) must not kill Slipway mid-pipeline, leaving
+    // jobs and containers behind: writes then fail quietly and the pipeline finishes.
+    // (Jobs still get the default SIGPIPE: std resets it in every child.)
+    // SAFETY: changing a signal disposition; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     match run_inner(args) {
         Ok(code) => code,
         Err(e) => fail(&e),
@@ -287,6 +294,11 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         if j.when != slipway_core::model::When::Manual {
             eprintln!("warning: --manual {m}: the job is not manual; it runs anyway");
         }
+    }
+    if plan.jobs.is_empty() {
+        // GitLab creates no pipeline without jobs.
+        eprintln!("no jobs to run for {} ({})", trig.ref_name, trig.source);
+        return Ok(ExitCode::SUCCESS);
     }
     let mut play = args.manual.clone();
     play.extend(args.jobs.iter().cloned());

@@ -950,6 +950,44 @@ next:
     assert_eq!(status_of(&report, "next"), "canceled");
 }
 
+/// A reader that goes away (`slipway run | head -1`) does not stop the pipeline, and the
+/// jobs keep the default SIGPIPE (`yes | head` ends normally inside a job).
+#[test]
+fn a_closed_stdout_does_not_stop_the_pipeline() {
+    let p = Project::new(&[(
+        ".gitlab-ci.yml",
+        "\
+stages: [one, two]
+first:
+  stage: one
+  script:
+    - for i in $(seq 1 2000); do echo line $i; done
+    - set +o pipefail; yes | head -1; test \"${PIPESTATUS[0]}\" = 141
+second:
+  stage: two
+  script: touch $MARKERS/second-ran
+",
+    )]);
+    let markers = tempfile::tempdir().expect("markers");
+    let mut child = p
+        .command(&[
+            "--variable",
+            &format!("MARKERS={}", markers.path().display()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("a line");
+    // The reading end closes here.
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "first line: {first}");
+    assert!(markers.path().join("second-ran").exists());
+}
+
 fn status_of(report: &Value, name: &str) -> String {
     status(report, name)
 }
