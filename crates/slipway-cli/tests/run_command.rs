@@ -907,17 +907,7 @@ next:
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        let started = line.ends_with("| started");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
+    let (mut seen, lines) = read_until_started(&mut child);
     let pid = child.id() as i32;
     // SAFETY: signalling the child we spawned.
     unsafe {
@@ -986,6 +976,27 @@ second:
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0), "first line: {first}");
     assert!(markers.path().join("second-ran").exists());
+}
+
+/// The child's output lines up to the first ending in `| started`, and the rest to come.
+fn read_until_started(
+    child: &mut std::process::Child,
+) -> (
+    Vec<String>,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let started = line.ends_with("| started");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    (seen, lines)
 }
 
 fn status_of(report: &Value, name: &str) -> String {
@@ -1138,17 +1149,7 @@ slow:
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        let started = line.ends_with("| started");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
+    let (mut seen, lines) = read_until_started(&mut child);
     assert!(engine_containers(&pipeline_label(&p, 1)) >= 2, "{seen:?}");
     // SAFETY: signalling the child we spawned.
     unsafe {
