@@ -11,6 +11,7 @@ pub mod deploy;
 pub mod diag;
 pub mod duration;
 pub mod expr;
+pub mod job;
 pub mod model;
 pub mod plan;
 pub mod source;
