@@ -1,6 +1,8 @@
 //! The `slipway` command-line shell: parses arguments and hands work to the core and the
 //! engines. It holds no pipeline logic of its own.
 
+mod console;
+mod gitdir;
 mod pipeline_cmds;
 mod repo;
 mod run_cmd;
@@ -28,7 +30,7 @@ enum Command {
     Preview(pipeline_cmds::FileArgs),
     /// List the jobs planned for a ref and pipeline source.
     List(pipeline_cmds::ListArgs),
-    /// Run the pipeline on this machine (shell executor).
+    /// Run the pipeline on this machine: in a shell, or in containers for jobs with image:.
     Run(run_cmd::RunArgs),
 }
 

@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 use slipway_core::model::Pipeline;
 use slipway_core::plan::{self, NoPipeline, Trigger};
+use slipway_core::source::SourceLoader;
 use slipway_core::{variables, yaml, Loaded};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,29 @@ pub fn locate(args: &FileArgs) -> Result<(Repo, String), String> {
 
 /// Predefined variables and the trigger for a planning context.
 pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
+    let at = Revision {
+        rev: "HEAD".into(),
+        files: repo.files().to_vec(),
+        pipeline_id: 0,
+    };
+    trigger_at(repo, ctx, &at).map(|(t, _)| t)
+}
+
+/// What a pipeline is planned for: a commit (`HEAD`, or `--commit`), the files it has,
+/// and the pipeline's number.
+pub struct Revision {
+    pub rev: String,
+    pub files: Vec<String>,
+    pub pipeline_id: u64,
+}
+
+/// The trigger and the pipeline context (for job-level predefined variables) of a
+/// planning context at a revision.
+pub fn trigger_at(
+    repo: &Repo,
+    ctx: &ContextArgs,
+    at: &Revision,
+) -> Result<(Trigger, variables::PipelineContext), String> {
     let (ref_name, tag) =
         match &ctx.ref_name {
             Some(r) => (r.clone(), ctx.tag),
@@ -98,30 +122,31 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
         }
     }
     let default_branch = repo.default_branch();
-    let sha = repo
-        .head_sha()
-        .unwrap_or_else(|| "0000000000000000000000000000000000000000".into());
+    let commit = repo.commit_info(&at.rev).unwrap_or_default();
+    let sha = if commit.sha.is_empty() {
+        "0000000000000000000000000000000000000000".to_string()
+    } else {
+        commit.sha.clone()
+    };
     let project_name = repo
         .root
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "project".into());
-    let field = |fmt: &str| {
-        repo.git(&["log", "-1", &format!("--format={fmt}"), "HEAD"])
-            .unwrap_or_default()
-    };
     let ctx_vars = variables::PipelineContext {
         server_url: "http://localhost".into(),
         project_path: format!("local/{project_name}"),
         project_name: project_name.clone(),
         default_branch,
         commit_sha: sha.clone(),
-        commit_message: field("%B"),
-        commit_author: field("%an <%ae>"),
-        commit_timestamp: field("%cI"),
+        commit_message: commit.message.trim_end_matches('\n').to_string(),
+        commit_author: commit.author,
+        commit_timestamp: commit.timestamp,
         ref_name: ref_name.clone(),
         tag,
         source: ctx.source.clone(),
+        pipeline_id: at.pipeline_id,
+        pipeline_iid: at.pipeline_id,
         ..variables::PipelineContext::default()
     };
     let changed = if ctx.changed.is_empty() {
@@ -129,11 +154,9 @@ pub fn trigger(repo: &Repo, ctx: &ContextArgs) -> Result<Trigger, String> {
     } else {
         Some(ctx.changed.clone())
     };
-    Ok(Trigger::from_context(
-        &ctx_vars,
-        repo.files().to_vec(),
-        changed,
-        variables,
+    Ok((
+        Trigger::from_context(&ctx_vars, at.files.clone(), changed, variables),
+        ctx_vars,
     ))
 }
 
@@ -151,7 +174,7 @@ fn load_checked_out(repo: &Repo, path: &str) -> Loaded {
     load(repo, path, trig.as_ref())
 }
 
-pub fn load(repo: &Repo, path: &str, trigger: Option<&Trigger>) -> Loaded {
+pub fn load(repo: &dyn SourceLoader, path: &str, trigger: Option<&Trigger>) -> Loaded {
     slipway_core::load_for_trigger(repo, path, trigger)
 }
 

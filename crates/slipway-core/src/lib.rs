@@ -10,6 +10,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod expr;
+pub mod job;
 pub mod model;
 pub mod plan;
 pub mod source;

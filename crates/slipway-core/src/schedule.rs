@@ -127,6 +127,58 @@ pub fn predecessors(plan: &Plan, job: usize) -> Vec<usize> {
     }
 }
 
+/// The plan restricted to the jobs named in `names` (a planned name such as `test 1/3`,
+/// or a job's key such as `test`, which selects all its instances) and, with
+/// `with_needs`, every job they wait for, transitively (their `needs`, or for jobs without
+/// `needs` every job of earlier stages). `needs` on jobs left out are dropped, so the
+/// selected jobs start without them; `dependencies` are kept as planned, so a runner can
+/// take those artifacts from an earlier run. An unknown name is an error naming it.
+pub fn select(plan: &Plan, names: &[String], with_needs: bool) -> Result<Plan, String> {
+    let n = plan.jobs.len();
+    let mut keep = vec![false; n];
+    let mut stack = Vec::new();
+    for name in names {
+        let mut found = false;
+        for (i, j) in plan.jobs.iter().enumerate() {
+            if &j.name == name || &j.job == name {
+                found = true;
+                if !keep[i] {
+                    keep[i] = true;
+                    stack.push(i);
+                }
+            }
+        }
+        if !found {
+            return Err(format!("no job `{name}` in this pipeline"));
+        }
+    }
+    if with_needs {
+        while let Some(i) = stack.pop() {
+            for p in predecessors(plan, i) {
+                if !keep[p] {
+                    keep[p] = true;
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    let mut out = plan.clone();
+    out.jobs = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep[*i])
+        .map(|(_, j)| j.clone())
+        .collect();
+    let kept: std::collections::HashSet<String> = out.jobs.iter().map(|j| j.name.clone()).collect();
+    for j in out.jobs.iter_mut() {
+        if let Some(needs) = j.needs.as_mut() {
+            needs.retain(|nd| kept.contains(&nd.job));
+        }
+    }
+    Ok(out)
+}
+
 /// Outcome of a set of finished predecessors, the way GitLab composes statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Upstream {
@@ -488,6 +540,29 @@ mod tests {
         ]);
         let st = vec![JobStatus::Canceled, JobStatus::Skipped];
         assert_eq!(pipeline_status(&p, &st), PipelineStatus::Canceled);
+    }
+
+    #[test]
+    fn select_adds_needs_transitively() {
+        let p = plan(vec![
+            job("setup", 0, When::OnSuccess, false, None),
+            job("build", 1, When::OnSuccess, false, Some(&["setup"])),
+            job("lint", 1, When::OnSuccess, false, Some(&[])),
+            job("test", 2, When::OnSuccess, false, Some(&["build"])),
+            job("deploy", 3, When::OnSuccess, false, None),
+        ]);
+        let names = |p: &Plan| p.jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>();
+        let only = select(&p, &["test".into()], false).expect("select");
+        assert_eq!(names(&only), vec!["test"]);
+        assert_eq!(only.jobs[0].needs.as_ref().map(|n| n.len()), Some(0));
+        let with = select(&p, &["test".into()], true).expect("select");
+        assert_eq!(names(&with), vec!["setup", "build", "test"]);
+        // Without `needs`, a job waits for every earlier stage.
+        let all = select(&p, &["deploy".into()], true).expect("select");
+        assert_eq!(all.jobs.len(), 5);
+        assert!(select(&p, &["nope".into()], true)
+            .expect_err("unknown job")
+            .contains("nope"));
     }
 
     #[test]

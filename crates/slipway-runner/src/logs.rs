@@ -16,8 +16,19 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// What a masked value is replaced with, as on GitLab.
 pub const MASK: &str = "[MASKED]";
 
-/// Receives each complete (masked) line, without its line break.
-pub type LineListener = Box<dyn Fn(&str) + Send + Sync>;
+/// Receives each (masked) line, without its line break, as the job prints it.
+pub trait LineListener: Send + Sync {
+    fn line(&self, line: &str);
+    /// Called once a chunk of output has been split into lines: a good moment to flush a
+    /// console that buffers lines.
+    fn chunk_done(&self) {}
+}
+
+impl<F: Fn(&str) + Send + Sync> LineListener for F {
+    fn line(&self, line: &str) {
+        self(line)
+    }
+}
 
 /// Replaces secret values in text.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +93,23 @@ impl Masker {
         out
     }
 
+    /// `cut`, or the start of the secret that spans it in `text`: where `text` can be
+    /// split without either part holding a piece of a secret.
+    fn safe_cut(&self, text: &[u8], cut: usize) -> usize {
+        let Some(m) = &self.matcher else {
+            return cut;
+        };
+        for found in m.find_iter(text) {
+            if found.start() >= cut {
+                break;
+            }
+            if found.end() > cut {
+                return found.start();
+            }
+        }
+        cut
+    }
+
     pub fn mask_str(&self, text: &str) -> String {
         String::from_utf8_lossy(&self.mask(text.as_bytes())).into_owned()
     }
@@ -97,7 +125,7 @@ struct State {
 /// One job's log.
 pub struct LogSink {
     masker: Masker,
-    listener: Option<LineListener>,
+    listener: Option<Box<dyn LineListener>>,
     state: Mutex<State>,
 }
 
@@ -106,7 +134,7 @@ impl LogSink {
     pub fn to_file(
         path: &Path,
         masker: Masker,
-        listener: Option<LineListener>,
+        listener: Option<Box<dyn LineListener>>,
     ) -> std::io::Result<LogSink> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -125,7 +153,7 @@ impl LogSink {
     }
 
     /// A sink that only forwards lines (tests, dry runs).
-    pub fn detached(masker: Masker, listener: Option<LineListener>) -> LogSink {
+    pub fn detached(masker: Masker, listener: Option<Box<dyn LineListener>>) -> LogSink {
         LogSink {
             masker,
             listener,
@@ -162,12 +190,18 @@ impl LogSink {
                 .longest()
                 .saturating_sub(1)
                 .min(st.partial.len());
-            let cut = st.partial.len() - keep;
-            let head: Vec<u8> = st.partial.drain(..cut).collect();
-            self.emit(&mut st, &head, false);
+            // ... and never cut through a secret that is already whole in the buffer.
+            let cut = self.masker.safe_cut(&st.partial, st.partial.len() - keep);
+            if cut > 0 {
+                let head: Vec<u8> = st.partial.drain(..cut).collect();
+                self.emit(&mut st, &head, false);
+            }
         }
         if let Some(f) = st.file.as_mut() {
             let _ = f.flush();
+        }
+        if let Some(l) = &self.listener {
+            l.chunk_done();
         }
     }
 
@@ -183,6 +217,9 @@ impl LogSink {
         self.emit(&mut st, line.as_bytes(), true);
         if let Some(f) = st.file.as_mut() {
             let _ = f.flush();
+        }
+        if let Some(l) = &self.listener {
+            l.chunk_done();
         }
     }
 
@@ -200,7 +237,7 @@ impl LogSink {
             st.lines += 1;
         }
         if let Some(l) = &self.listener {
-            l(&String::from_utf8_lossy(&masked));
+            l.line(&String::from_utf8_lossy(&masked));
         }
     }
 
@@ -215,6 +252,9 @@ impl LogSink {
         }
         if let Some(mut f) = st.file.take() {
             let _ = f.flush();
+        }
+        if let Some(l) = &self.listener {
+            l.chunk_done();
         }
     }
 
@@ -286,6 +326,34 @@ mod tests {
         let joined: String = lines.lock().expect("lock").concat();
         assert!(!joined.contains(secret));
         assert!(joined.contains(MASK));
+    }
+
+    /// A line longer than the buffer is passed on in pieces; a secret must never be split
+    /// between two pieces, wherever it falls.
+    #[test]
+    fn secrets_straddling_the_flush_of_an_overlong_line() {
+        let secret = "0123456789ABCDEFGHIJ";
+        for offset in MAX_LINE - 45..MAX_LINE + 25 {
+            let (sink, lines) = collect(Masker::new([secret]));
+            let mut text = vec![b'x'; offset];
+            text.extend_from_slice(secret.as_bytes());
+            text.extend_from_slice(&[b'y'; 100]);
+            for chunk in text.chunks(4096) {
+                sink.write(chunk);
+            }
+            sink.finish();
+            let got = lines.lock().expect("lock");
+            for l in got.iter() {
+                for n in 4..=secret.len() {
+                    for w in secret.as_bytes().windows(n) {
+                        let piece = std::str::from_utf8(w).expect("ascii");
+                        // No piece of the secret of 4+ characters in any line.
+                        assert!(!l.contains(piece), "offset {offset}: {piece:?} leaked");
+                    }
+                }
+            }
+            assert_eq!(got.concat().matches(MASK).count(), 1, "offset {offset}");
+        }
     }
 
     #[test]

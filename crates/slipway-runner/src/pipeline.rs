@@ -1,35 +1,68 @@
-//! Running a planned pipeline: the loop that asks `slipway_core::schedule` what can start,
-//! starts jobs up to the concurrency limit, prepares each job (workspace, dependency
-//! artifacts, dotenv variables, caches), runs it on the executor, retries it when `retry`
-//! says so, and records how it ended. Everything a job prints goes to its log file and to
-//! the observer (the console, a live stream).
+//! Running a planned pipeline on this machine: the loop behind `slipway run`. It asks
+//! `slipway_core::schedule` what can start, runs up to `concurrency` jobs at once (each
+//! one attempt after another through [`crate::job::run_attempt`], retried as `retry`
+//! says), in workspaces reused per slot, plays the manual jobs it was asked to, waits for
+//! delayed jobs, passes artifacts and dotenv variables to later jobs, and stops everything
+//! on cancel. Everything a job prints goes to its log file and to the observer.
 
-use crate::executor::{ExecStatus, Executor, JobSpec};
-use crate::logs::{LogSink, Masker};
+use crate::executor::Executor;
+use crate::job::{self, Attempt, Dependency};
+use crate::logs::{LineListener, LogSink, Masker};
 use crate::shell::sanitize;
-use crate::workspace::{self, Source};
-use serde::Serialize;
-use slipway_core::model::Pipeline;
-use slipway_core::plan::{expand_existing, Plan};
+use crate::store::Store;
+use crate::workspace::{GitInfo, Source, Workspace};
+use serde::{Deserialize, Serialize};
+use slipway_core::job::{self as rules, EnvironmentParts};
+use slipway_core::model::{Job, JobKind, Pipeline};
+use slipway_core::plan::Plan;
 use slipway_core::schedule::{self, JobStatus, PipelineStatus};
-use std::collections::HashMap;
+use slipway_core::variables::{EnvironmentContext, JobContext, JobRun, PipelineContext};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// GitLab's default job timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
-/// GitLab Runner's default `after_script` timeout.
-pub const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Which executor runs a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorChoice {
+    /// Every job in a shell on this machine (`image:` is ignored).
+    Shell,
+    /// Every job in a container (jobs need `image:`).
+    Docker,
+    /// Jobs with `image:` (their own or `default:image`) in containers, others in a shell.
+    Auto,
+}
 
-/// The repository's git data, so workspaces can show the commit being built.
-#[derive(Debug, Clone)]
-pub struct GitInfo {
-    pub git_dir: PathBuf,
-    pub commit: String,
-    pub packed_refs: String,
+/// The executors a run uses.
+#[derive(Clone)]
+pub struct Executors {
+    pub shell: Arc<dyn Executor>,
+    pub container: Arc<dyn Executor>,
+    pub choice: ExecutorChoice,
+}
+
+impl Executors {
+    /// Whether `job` runs in a container.
+    pub fn uses_container(&self, job: &Job) -> bool {
+        match self.choice {
+            ExecutorChoice::Shell => false,
+            ExecutorChoice::Docker => true,
+            ExecutorChoice::Auto => job
+                .image
+                .as_ref()
+                .is_some_and(|i| !i.name.trim().is_empty()),
+        }
+    }
+
+    pub fn for_job(&self, job: &Job) -> &Arc<dyn Executor> {
+        if self.uses_container(job) {
+            &self.container
+        } else {
+            &self.shell
+        }
+    }
 }
 
 /// What the pipeline runs on and where it keeps its files.
@@ -39,19 +72,32 @@ pub struct RunContext {
     /// The files every job workspace starts from.
     pub source: Source,
     pub git: Option<GitInfo>,
+    /// The pipeline as predefined variables describe it (`CI_PIPELINE_ID`, ...).
+    pub pipeline_context: PipelineContext,
     /// Pipeline-level predefined variables (`CI_COMMIT_*`, `CI_PIPELINE_*`, ...).
     pub predefined: Vec<(String, String)>,
     /// Variables given for this run (`--variable`): above the file's variables.
     pub variables: Vec<(String, String)>,
     /// Masked variables given for this run (`--secret`).
     pub secrets: Vec<(String, String)>,
-    /// Where job workspaces live (one directory per job name).
+    /// `CI_BUILDS_DIR`: where the workspaces live.
     pub builds_dir: PathBuf,
-    /// Where this pipeline's logs go.
+    /// One workspace per slot (`CI_CONCURRENT_ID`), at least one; jobs run in at most
+    /// `min(concurrency, workspaces)` at once. The caller makes sure no other process
+    /// uses them.
+    pub workspaces: Vec<(usize, Workspace)>,
+    /// Where this pipeline's logs go (`<job>.log`).
     pub logs_dir: PathBuf,
-    /// Scratch space for generated scripts.
-    pub scratch_dir: PathBuf,
+    /// The artifact and cache store.
+    pub store: Arc<Store>,
+    /// Prefix of this run's artifact ids (`<run_id>-<job>`).
+    pub run_id: String,
+    /// The latest artifacts of each job, kept across runs: a job whose dependency is not
+    /// part of this run gets that job's artifacts from an earlier one.
+    pub latest_artifacts: Option<PathBuf>,
     pub concurrency: usize,
+    /// Manual jobs to play when they become playable.
+    pub play: Vec<String>,
 }
 
 /// How one job ended.
@@ -67,6 +113,10 @@ pub struct JobResult {
     pub attempts: u32,
     /// Why it failed, in GitLab's terms (`script_failure`, `job_execution_timeout`...).
     pub failure_reason: Option<String>,
+    /// The id of the artifacts it saved.
+    pub artifacts: Option<String>,
+    /// Whether it ran in a container.
+    pub container: bool,
     #[serde(skip)]
     pub log_path: Option<PathBuf>,
 }
@@ -90,6 +140,8 @@ pub enum Event<'a> {
         name: &'a str,
         line: &'a str,
     },
+    /// A chunk of output was passed on line by line: a buffering console may flush now.
+    Flush,
     JobFinished {
         index: usize,
         result: &'a JobResult,
@@ -104,68 +156,216 @@ struct Finished {
     dotenv: Vec<(String, String)>,
 }
 
+/// The latest artifacts id of each job name, kept in a small JSON file.
+#[derive(Default, Serialize, Deserialize)]
+struct Latest {
+    jobs: BTreeMap<String, String>,
+}
+
+fn read_latest(path: &Path) -> Latest {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_latest(path: &Path, latest: &Latest) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(latest).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// An artifacts id for a job of a run: the run id and a file-name-safe job name, cut and
+/// hashed when long.
+pub fn artifacts_id(run_id: &str, job: &str) -> String {
+    let name = sanitize(job);
+    let id = format!("{run_id}-{name}");
+    if name == job && id.len() <= 150 {
+        return id;
+    }
+    // Names that sanitise alike (`a b`, `a-b`) must not share artifacts.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in job.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let cut: String = id.chars().take(120).collect();
+    format!("{cut}-{:08x}", h >> 32)
+}
+
+/// The free workspaces, by slot; a running job takes one out and puts it back.
+type Slots = Mutex<Vec<Option<(usize, Workspace)>>>;
+
 /// Run the plan to the end (or until `cancel`).
 pub async fn run(
-    ctx: RunContext,
-    executor: Arc<dyn Executor>,
+    mut ctx: RunContext,
+    executors: Executors,
     observer: Observer,
     cancel: CancellationToken,
 ) -> RunResult {
     let started = Instant::now();
-    let ctx = Arc::new(ctx);
-    let plan = &ctx.plan;
-    let n = plan.jobs.len();
+    let n = ctx.plan.jobs.len();
     let mut statuses = vec![JobStatus::Created; n];
     let mut results: Vec<Option<JobResult>> = vec![None; n];
     let mut dotenvs: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut produced: HashMap<String, String> = HashMap::new();
+    let mut latest = ctx
+        .latest_artifacts
+        .as_deref()
+        .map(read_latest)
+        .unwrap_or_default();
+    // Expired artifacts of earlier runs go; the latest of each job is kept, as GitLab
+    // keeps the most recent artifacts.
+    {
+        let keep: HashSet<String> = latest.jobs.values().cloned().collect();
+        let _ = ctx.store.expire(SystemTime::now(), &|id| keep.contains(id));
+    }
     // allow_failure can turn true after the fact (allow_failure:exit_codes).
-    let mut live_plan = plan.clone();
+    let mut live_plan = ctx.plan.clone();
+    let workspaces = std::mem::take(&mut ctx.workspaces);
+    let limit = ctx.concurrency.max(1).min(workspaces.len().max(1));
+    let ctx = Arc::new(ctx);
+    let slots: Arc<Slots> = Arc::new(Mutex::new(workspaces.into_iter().map(Some).collect()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let (due_tx, mut due_rx) = mpsc::unbounded_channel::<usize>();
     let mut running = 0usize;
     let mut queue: Vec<usize> = Vec::new();
+    let mut waiting_delay: HashSet<usize> = HashSet::new();
+    let mut played: HashSet<usize> = HashSet::new();
     let mut canceled = false;
 
     loop {
         if !canceled {
-            for i in schedule::advance(&live_plan, &mut statuses) {
-                queue.push(i);
-            }
-            // Delayed jobs: wait for `start_in`, then start.
-            for i in 0..n {
-                if statuses[i] == JobStatus::Scheduled
-                    && results[i].is_none()
-                    && !queue.contains(&i)
-                {
-                    let delay = live_plan.jobs[i]
-                        .start_in
-                        .as_deref()
-                        .and_then(slipway_core::duration::parse_seconds)
-                        .unwrap_or(0);
-                    results[i] = Some(placeholder(&live_plan, i));
-                    let due = due_tx.clone();
-                    let c = cancel.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(delay)) => { let _ = due.send(i); }
-                            _ = c.cancelled() => {}
-                        }
-                    });
+            queue.extend(schedule::advance(&live_plan, &mut statuses));
+            for (i, pj) in live_plan.jobs.iter().enumerate() {
+                match statuses[i] {
+                    // Manual jobs asked for are played as soon as they may be.
+                    JobStatus::Manual
+                        if !played.contains(&i)
+                            && ctx.play.iter().any(|p| p == &pj.name || p == &pj.job) =>
+                    {
+                        played.insert(i);
+                        statuses[i] = JobStatus::Pending;
+                        queue.push(i);
+                    }
+                    // Delayed jobs: wait for `start_in`, then start.
+                    JobStatus::Scheduled if !waiting_delay.contains(&i) => {
+                        waiting_delay.insert(i);
+                        let delay = pj
+                            .start_in
+                            .as_deref()
+                            .and_then(slipway_core::duration::parse_seconds)
+                            .unwrap_or(0);
+                        let due = due_tx.clone();
+                        let c = cancel.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(delay)) => { let _ = due.send(i); }
+                                _ = c.cancelled() => {}
+                            }
+                        });
+                    }
+                    _ => {}
                 }
             }
         }
-        while !canceled && running < ctx.concurrency.max(1) && !queue.is_empty() {
+        while !canceled && running < limit && !queue.is_empty() {
             let i = queue.remove(0);
+            let pj = &live_plan.jobs[i];
+            let def = &ctx.pipeline.jobs[pj.definition];
+            if def.kind == JobKind::Trigger {
+                // Downstream pipelines need a server; locally the job is skipped.
+                statuses[i] = JobStatus::Skipped;
+                let mut r = placeholder(&live_plan, i);
+                r.status = JobStatus::Skipped;
+                observer(Event::JobLine {
+                    index: i,
+                    name: &pj.name,
+                    line: "trigger: jobs start downstream pipelines, which `slipway run` does not do: skipped",
+                });
+                observer(Event::JobFinished {
+                    index: i,
+                    result: &r,
+                });
+                results[i] = Some(r);
+                queue.extend(schedule::advance(&live_plan, &mut statuses));
+                continue;
+            }
             statuses[i] = JobStatus::Running;
             running += 1;
-            let inherited = inherited_dotenv(&live_plan, i, &dotenvs);
+            let mut deps = Vec::new();
+            for d in &pj.dependencies {
+                let in_run = live_plan.jobs.iter().any(|j| &j.name == d);
+                let id = if in_run {
+                    produced.get(d).cloned()
+                } else {
+                    latest.jobs.get(d).cloned()
+                };
+                if let Some(id) = id {
+                    deps.push(Dependency {
+                        job: if in_run {
+                            d.clone()
+                        } else {
+                            format!("{d} (from an earlier run)")
+                        },
+                        artifacts: id,
+                    });
+                }
+            }
+            let inherited: Vec<(String, String)> = pj
+                .dependencies
+                .iter()
+                .filter_map(|d| dotenvs.get(d))
+                .flatten()
+                .cloned()
+                .collect();
+            let manual = played.contains(&i);
             let ctx2 = ctx.clone();
-            let exec = executor.clone();
+            let exec = executors.clone();
             let obs = observer.clone();
             let tx2 = tx.clone();
             let c = cancel.clone();
+            let slots2 = slots.clone();
+            let plan_job = live_plan.jobs[i].clone();
             tokio::spawn(async move {
-                let (result, dotenv) = run_job(&ctx2, i, inherited, exec, obs, c).await;
+                let slot = slots2
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.iter_mut().find_map(|x| x.take()));
+                let (result, dotenv, slot) = match slot {
+                    Some((id, mut ws)) => {
+                        let (r, d) = run_job(JobInput {
+                            ctx: &ctx2,
+                            index: i,
+                            plan_job: &plan_job,
+                            slot: id,
+                            workspace: &mut ws,
+                            inherited,
+                            dependencies: deps,
+                            manual,
+                            executors: &exec,
+                            observer: obs,
+                            cancel: c,
+                        })
+                        .await;
+                        (r, d, Some((id, ws)))
+                    }
+                    None => {
+                        let mut r = placeholder(&ctx2.plan, i);
+                        r.status = JobStatus::Failed;
+                        r.failure_reason = Some("runner_system_failure".into());
+                        (r, Vec::new(), None)
+                    }
+                };
+                if let (Some(slot), Ok(mut s)) = (slot, slots2.lock()) {
+                    if let Some(free) = s.iter_mut().find(|x| x.is_none()) {
+                        *free = Some(slot);
+                    }
+                }
                 let _ = tx2.send(Finished {
                     index: i,
                     result,
@@ -186,7 +386,15 @@ pub async fn run(
                     live_plan.jobs[i].allow_failure = true;
                 }
                 observer(Event::JobFinished { index: i, result: &done.result });
-                dotenvs.insert(live_plan.jobs[i].name.clone(), done.dotenv);
+                let name = live_plan.jobs[i].name.clone();
+                if let Some(id) = &done.result.artifacts {
+                    produced.insert(name.clone(), id.clone());
+                    latest.jobs.insert(name.clone(), id.clone());
+                    if let Some(path) = &ctx.latest_artifacts {
+                        let _ = write_latest(path, &latest);
+                    }
+                }
+                dotenvs.insert(name, done.dotenv);
                 results[i] = Some(done.result);
             }
             Some(i) = due_rx.recv() => {
@@ -236,119 +444,91 @@ fn placeholder(plan: &Plan, i: usize) -> JobResult {
         duration_ms: 0,
         attempts: 0,
         failure_reason: None,
+        artifacts: None,
+        container: false,
         log_path: None,
     }
 }
 
-/// dotenv variables from the jobs this job takes artifacts from, in dependency order.
-fn inherited_dotenv(
-    plan: &Plan,
-    i: usize,
-    dotenvs: &HashMap<String, Vec<(String, String)>>,
-) -> Vec<(String, String)> {
-    plan.jobs[i]
-        .dependencies
-        .iter()
-        .filter_map(|d| dotenvs.get(d))
-        .flatten()
-        .cloned()
-        .collect()
-}
-
-/// The job's environment: predefined, then the file's variables (global, job, matrix,
-/// rules), then dotenv from dependencies, then this run's variables and secrets; values
-/// referencing other variables expanded as GitLab Runner does.
-fn job_environment(
-    ctx: &RunContext,
-    i: usize,
-    inherited: &[(String, String)],
-    workdir: &Path,
-) -> Vec<(String, String)> {
-    let pj = &ctx.plan.jobs[i];
-    let mut env: Vec<(String, String)> = ctx.predefined.clone();
-    let set = |k: &str, v: String, env: &mut Vec<(String, String)>| {
-        env.retain(|(key, _)| key != k);
-        env.push((k.to_string(), v));
-    };
-    set("CI_JOB_NAME", pj.name.clone(), &mut env);
-    set("CI_JOB_NAME_SLUG", slug(&pj.name), &mut env);
-    set("CI_JOB_STAGE", pj.stage.clone(), &mut env);
-    set("CI_PROJECT_DIR", workdir.display().to_string(), &mut env);
-    set(
-        "CI_BUILDS_DIR",
-        ctx.builds_dir.display().to_string(),
-        &mut env,
-    );
-    set("CI_NODE_TOTAL", pj.node_total.to_string(), &mut env);
-    if let Some(idx) = pj.node_index {
-        set("CI_NODE_INDEX", idx.to_string(), &mut env);
-    }
-    let job = &ctx.pipeline.jobs[pj.definition];
-    if let Some(e) = &job.environment {
-        set("CI_ENVIRONMENT_NAME", e.name.clone(), &mut env);
-        set("CI_ENVIRONMENT_ACTION", e.action.clone(), &mut env);
-        if let Some(u) = &e.url {
-            set("CI_ENVIRONMENT_URL", u.clone(), &mut env);
-        }
-    }
-    // File variables in order, each expanded against what is defined so far.
-    for d in ctx
-        .plan
-        .workflow_variables
-        .iter()
-        .chain(pj.variables.iter())
-    {
-        let value = if d.expand {
-            let snapshot = env.clone();
-            expand_existing(&d.value, &|n| {
-                snapshot
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| k == n)
-                    .map(|(_, v)| v.clone())
-            })
-        } else {
-            d.value.clone()
-        };
-        set(&d.key, value, &mut env);
-    }
-    for (k, v) in inherited
-        .iter()
-        .chain(ctx.variables.iter())
-        .chain(ctx.secrets.iter())
-    {
-        set(k, v.clone(), &mut env);
-    }
-    // `$$` is GitLab's escape for a literal `$`.
-    env.into_iter()
-        .map(|(k, v)| (k, v.replace("$$", "$")))
-        .collect()
-}
-
-fn slug(s: &str) -> String {
-    let mut out: String = s
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    out.truncate(63);
-    out.trim_matches('-').to_string()
-}
-
-async fn run_job(
-    ctx: &RunContext,
-    i: usize,
+struct JobInput<'a> {
+    ctx: &'a RunContext,
+    index: usize,
+    plan_job: &'a slipway_core::plan::PlannedJob,
+    slot: usize,
+    workspace: &'a mut Workspace,
     inherited: Vec<(String, String)>,
-    executor: Arc<dyn Executor>,
+    dependencies: Vec<Dependency>,
+    manual: bool,
+    executors: &'a Executors,
     observer: Observer,
     cancel: CancellationToken,
-) -> (JobResult, Vec<(String, String)>) {
-    let pj = &ctx.plan.jobs[i];
+}
+
+/// Forwards a job's lines to the observer.
+struct Forward {
+    index: usize,
+    name: String,
+    observer: Observer,
+}
+
+impl LineListener for Forward {
+    fn line(&self, line: &str) {
+        (self.observer)(Event::JobLine {
+            index: self.index,
+            name: &self.name,
+            line,
+        })
+    }
+
+    fn chunk_done(&self) {
+        (self.observer)(Event::Flush)
+    }
+}
+
+/// A UTC timestamp as GitLab prints them: `2024-05-01T12:00:00Z`.
+pub fn iso8601(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+async fn run_job(input: JobInput<'_>) -> (JobResult, Vec<(String, String)>) {
+    let JobInput {
+        ctx,
+        index: i,
+        plan_job: pj,
+        slot,
+        workspace,
+        inherited,
+        dependencies,
+        manual,
+        executors,
+        observer,
+        cancel,
+    } = input;
     let job = &ctx.pipeline.jobs[pj.definition];
     let started = Instant::now();
-    let dir_name = sanitize(&pj.name);
-    let workdir = ctx.builds_dir.join(&dir_name);
-    let log_path = ctx.logs_dir.join(format!("{dir_name}.log"));
+    let log_path = ctx.logs_dir.join(format!("{}.log", sanitize(&pj.name)));
+    let container = executors.uses_container(job);
     let mut result = JobResult {
         name: pj.name.clone(),
         stage: pj.stage.clone(),
@@ -358,30 +538,68 @@ async fn run_job(
         duration_ms: 0,
         attempts: 0,
         failure_reason: None,
+        artifacts: None,
+        container,
         log_path: Some(log_path.clone()),
     };
-    let env = job_environment(ctx, i, &inherited, &workdir);
     let masker = Masker::new(ctx.secrets.iter().map(|(_, v)| v.as_str()));
-    let name = pj.name.clone();
-    let obs2 = observer.clone();
-    let listener = Box::new(move |line: &str| {
-        obs2(Event::JobLine {
-            index: i,
-            name: &name,
-            line,
-        })
+    let listener = Box::new(Forward {
+        index: i,
+        name: pj.name.clone(),
+        observer: observer.clone(),
     });
     let log = match LogSink::to_file(&log_path, masker, Some(listener)) {
         Ok(l) => Arc::new(l),
         Err(e) => {
-            result.failure_reason = Some(format!(
-                "runner_system_failure: cannot write the log {}: {e}",
-                log_path.display()
-            ));
+            observer(Event::JobLine {
+                index: i,
+                name: &pj.name,
+                line: &format!("ERROR: cannot write the log {}: {e}", log_path.display()),
+            });
+            result.failure_reason = Some("runner_system_failure".into());
             return (result, Vec::new());
         }
     };
+    let image = job
+        .image
+        .as_ref()
+        .filter(|_| container)
+        .map(|img| img.name.clone());
+    let job_ctx = JobContext {
+        name: pj.name.clone(),
+        stage: pj.stage.clone(),
+        manual: manual || pj.when == slipway_core::model::When::Delayed,
+        node_index: pj.node_index,
+        node_total: pj.node_total,
+        environment: job.environment.as_ref().map(|e| EnvironmentContext {
+            name: e.name.clone(),
+            url: e.url.clone(),
+            action: Some(e.action.clone()),
+            tier: e.deployment_tier.clone(),
+        }),
+        run: Some(JobRun {
+            job_id: (i + 1) as u64,
+            started_at: iso8601(SystemTime::now()),
+            project_dir: workspace.dir().display().to_string(),
+            builds_dir: ctx.builds_dir.display().to_string(),
+            image,
+            timeout_secs: Some(job.timeout.unwrap_or(job::DEFAULT_TIMEOUT.as_secs())),
+            disposable: container,
+        }),
+    };
+    let env = rules::environment(&EnvironmentParts {
+        pipeline: &ctx.pipeline_context,
+        predefined: &ctx.predefined,
+        job: &job_ctx,
+        concurrent_id: Some(slot),
+        yaml: &pj.variables,
+        dotenv: &inherited,
+        project: &ctx.secrets,
+        pipeline_variables: &ctx.variables,
+    });
     let max_attempts = 1 + job.retry.max;
+    let artifacts_id = artifacts_id(&ctx.run_id, &pj.name);
+    let mut dotenv;
     loop {
         result.attempts += 1;
         observer(Event::JobStarted {
@@ -395,161 +613,69 @@ async fn run_job(
                 result.attempts
             ));
         }
-        if let Err(e) = prepare_workspace(ctx, &workdir) {
-            log.system(&format!("ERROR: preparing the workspace failed: {e}"));
-            result.status = JobStatus::Failed;
-            result.failure_reason = Some("runner_system_failure".into());
+        let outcome = job::run_attempt(Attempt {
+            name: &pj.name,
+            job,
+            workspace,
+            source: &ctx.source,
+            git: ctx.git.as_ref(),
+            variables: &env,
+            dependencies: &dependencies,
+            artifacts_id: &artifacts_id,
+            store: &ctx.store,
+            executor: executors.for_job(job).as_ref(),
+            log: &log,
+            cancel: &cancel,
+        })
+        .await;
+        result.status = outcome.status;
+        result.exit_code = outcome.exit_code;
+        result.failure_reason = outcome.failure_reason.clone();
+        result.artifacts = outcome.artifacts.clone();
+        dotenv = outcome.dotenv;
+        if outcome.status != JobStatus::Failed {
             break;
         }
-        let spec = JobSpec {
-            name: pj.name.clone(),
-            workdir: workdir.clone(),
-            image: job.image.clone(),
-            services: job.services.clone(),
-            before_script: job.before_script.clone(),
-            script: job.script.clone(),
-            after_script: job.after_script.clone(),
-            variables: env.clone(),
-            timeout: job
-                .timeout
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_TIMEOUT),
-            after_script_timeout: AFTER_SCRIPT_TIMEOUT,
-        };
-        let outcome = executor.run(&spec, log.clone(), cancel.clone()).await;
-        result.exit_code = outcome.exit_code;
-        let reason = match &outcome.status {
-            ExecStatus::Success => None,
-            ExecStatus::Failed => Some("script_failure".to_string()),
-            ExecStatus::TimedOut => Some("job_execution_timeout".to_string()),
-            ExecStatus::Canceled => None,
-            ExecStatus::SystemFailure(msg) => {
-                log.system(&format!("ERROR: {msg}"));
-                Some("runner_system_failure".to_string())
-            }
-        };
-        match outcome.status {
-            ExecStatus::Success => {
-                result.status = JobStatus::Success;
-                result.failure_reason = None;
-                break;
-            }
-            ExecStatus::Canceled => {
-                result.status = JobStatus::Canceled;
-                break;
-            }
-            _ => {
-                result.status = JobStatus::Failed;
-                result.failure_reason = reason.clone();
-                if outcome.status == ExecStatus::TimedOut {
-                    log.system(&format!(
-                        "ERROR: Job failed: execution took longer than {:?} seconds",
-                        spec.timeout.as_secs()
-                    ));
-                } else if let Some(code) = outcome.exit_code {
-                    log.system(&format!("ERROR: Job failed: exit code {code}"));
-                }
-                if result.attempts < max_attempts
-                    && should_retry(&job.retry, reason.as_deref(), outcome.exit_code)
-                    && !cancel.is_cancelled()
-                {
-                    continue;
-                }
-                if let Some(code) = outcome.exit_code {
-                    if pj.allow_failure_exit_codes.contains(&code) {
-                        result.allow_failure = true;
-                    }
-                }
-                break;
+        if result.attempts < max_attempts
+            && rules::should_retry(
+                &job.retry,
+                outcome.failure_reason.as_deref(),
+                outcome.exit_code,
+            )
+            && !cancel.is_cancelled()
+        {
+            continue;
+        }
+        if let Some(code) = outcome.exit_code {
+            if pj.allow_failure_exit_codes.contains(&code) {
+                result.allow_failure = true;
             }
         }
+        break;
     }
-    let dotenv = if result.status == JobStatus::Success {
-        read_dotenv(
-            &workdir,
-            &job.artifacts
-                .as_ref()
-                .map(|a| a.reports.dotenv.clone())
-                .unwrap_or_default(),
-            &log,
-        )
-    } else {
-        Vec::new()
-    };
     log.finish();
     result.duration_ms = started.elapsed().as_millis() as u64;
     (result, dotenv)
 }
 
-/// GitLab's `retry:when` reasons and `retry:exit_codes`: retry when either matches (with
-/// neither given, any failure is retried).
-fn should_retry(
-    retry: &slipway_core::model::Retry,
-    reason: Option<&str>,
-    exit_code: Option<i32>,
-) -> bool {
-    if retry.max == 0 {
-        return false;
-    }
-    if retry.when.is_empty() && retry.exit_codes.is_empty() {
-        return true;
-    }
-    let by_reason = retry.when.iter().any(|w| {
-        w == "always"
-            || Some(w.as_str()) == reason
-            || (w == "stuck_or_timeout_failure" && reason == Some("job_execution_timeout"))
-            || (w == "unknown_failure" && reason.is_none())
-    });
-    let by_code = exit_code.is_some_and(|c| retry.exit_codes.contains(&c));
-    by_reason || by_code
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn prepare_workspace(ctx: &RunContext, workdir: &Path) -> std::io::Result<()> {
-    workspace::sync(&ctx.source, workdir, &[".git"])?;
-    if let Some(git) = &ctx.git {
-        workspace::link_git(workdir, &git.git_dir, &git.commit, &git.packed_refs)?;
+    #[test]
+    fn timestamps() {
+        assert_eq!(iso8601(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_294_400);
+        assert_eq!(iso8601(t), "2024-03-01T12:00:00Z");
     }
-    Ok(())
-}
 
-/// Parse `artifacts:reports:dotenv` files: `KEY=VALUE` lines, as GitLab accepts them.
-fn read_dotenv(workdir: &Path, files: &[String], log: &LogSink) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for f in files {
-        let path = workdir.join(f);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                log.system(&format!("WARNING: dotenv report {f}: {e}"));
-                continue;
-            }
-        };
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match line.split_once('=') {
-                Some((k, v))
-                    if !k.trim().is_empty()
-                        && k.trim()
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-                {
-                    let v = v.trim();
-                    let v = v
-                        .strip_prefix('"')
-                        .and_then(|s| s.strip_suffix('"'))
-                        .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
-                        .unwrap_or(v);
-                    out.push((k.trim().to_string(), v.to_string()));
-                }
-                _ => log.system(&format!(
-                    "WARNING: dotenv report {f}:{}: not KEY=VALUE, ignored",
-                    n + 1
-                )),
-            }
-        }
+    #[test]
+    fn artifact_ids_are_store_safe() {
+        assert_eq!(artifacts_id("r1", "build"), "r1-build");
+        assert!(artifacts_id("r1", "test 1/3").starts_with("r1-test-1-3-"));
+        assert_ne!(artifacts_id("r1", "a b"), artifacts_id("r1", "a-b"));
+        let long = artifacts_id("r1", &"x".repeat(400));
+        assert!(long.len() <= 150, "{long}");
+        assert_ne!(long, artifacts_id("r1", &"x".repeat(401)));
     }
-    out
 }

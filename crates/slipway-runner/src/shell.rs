@@ -209,7 +209,6 @@ impl ShellExecutor {
         }
         let _ = child.wait().await;
         let _ = tokio::time::timeout(DRAIN_LIMIT, reader_task).await;
-        let _ = std::fs::remove_file(&script_path);
         ended
     }
 }
@@ -237,7 +236,14 @@ impl Executor for ShellExecutor {
         cancel: CancellationToken,
     ) -> ExecFuture<'a> {
         Box::pin(async move {
-            let tag = format!("{}-{}", sanitize(&job.name), std::process::id());
+            // One script file per workspace, rewritten for each job: a workspace runs one
+            // job at a time, and rewriting a file is cheaper than creating one.
+            let mut h: u64 = 0xcbf29ce484222325;
+            for b in job.workdir.as_os_str().as_encoded_bytes() {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            let tag = format!("ws-{h:016x}");
             let mut commands = job.before_script.clone();
             commands.extend(job.script.iter().cloned());
             let main = self
@@ -258,7 +264,10 @@ impl Executor for ShellExecutor {
                 Ended::Exited(code) => (ExecStatus::Failed, code),
                 Ended::TimedOut => (ExecStatus::TimedOut, None),
                 Ended::Canceled => (ExecStatus::Canceled, None),
-                Ended::SpawnFailed(e) => (ExecStatus::SystemFailure(e), None),
+                Ended::SpawnFailed(e) => {
+                    log.system(&format!("ERROR: {e}"));
+                    (ExecStatus::SystemFailure(e), None)
+                }
             };
             if !job.after_script.is_empty() && !matches!(status, ExecStatus::SystemFailure(_)) {
                 let job_status = match status {

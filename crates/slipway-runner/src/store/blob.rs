@@ -17,20 +17,59 @@ const SMALL: u64 = 1 << 20;
 const CHUNK: usize = 256 * 1024;
 const LEVEL: i32 = 3;
 
-/// Reusable compression contexts (allocating one per file is costly for many small files).
+/// Reusable compression contexts (allocating one per file is costly for many small
+/// files), each made when first needed.
 pub(crate) struct Codec {
-    comp: zstd::bulk::Compressor<'static>,
-    decomp: zstd::bulk::Decompressor<'static>,
+    comp: Option<zstd::bulk::Compressor<'static>>,
+    decomp: Option<zstd::bulk::Decompressor<'static>>,
     buf: Vec<u8>,
 }
 
+thread_local! {
+    /// One codec per thread, kept between calls: a job extracting a few small files
+    /// should not pay for creating zstd contexts each time.
+    static CODEC: std::cell::RefCell<Option<Codec>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with this thread's codec.
+pub(crate) fn with_codec<T>(f: impl FnOnce(&mut Codec) -> io::Result<T>) -> io::Result<T> {
+    let mut codec = CODEC
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_else(Codec::new);
+    let result = f(&mut codec);
+    // Do not keep a large file's buffer alive.
+    if codec.buf.capacity() > 2 * SMALL as usize {
+        codec.buf = Vec::new();
+    }
+    CODEC.with(|c| *c.borrow_mut() = Some(codec));
+    result
+}
+
 impl Codec {
-    pub(crate) fn new() -> io::Result<Codec> {
-        Ok(Codec {
-            comp: zstd::bulk::Compressor::new(LEVEL)?,
-            decomp: zstd::bulk::Decompressor::new()?,
+    pub(crate) fn new() -> Codec {
+        Codec {
+            comp: None,
+            decomp: None,
             buf: Vec::new(),
-        })
+        }
+    }
+
+    fn compressor(&mut self) -> io::Result<&mut zstd::bulk::Compressor<'static>> {
+        if self.comp.is_none() {
+            self.comp = Some(zstd::bulk::Compressor::new(LEVEL)?);
+        }
+        self.comp
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no zstd compressor"))
+    }
+
+    fn decompressor(&mut self) -> io::Result<&mut zstd::bulk::Decompressor<'static>> {
+        if self.decomp.is_none() {
+            self.decomp = Some(zstd::bulk::Decompressor::new()?);
+        }
+        self.decomp
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no zstd decompressor"))
     }
 }
 
@@ -75,7 +114,13 @@ impl Blobs {
             if self.present(&dest) {
                 return Ok(Put { hash, size });
             }
-            let compressed = codec.comp.compress(&codec.buf).at("cannot compress", src)?;
+            let buf = std::mem::take(&mut codec.buf);
+            let compressed = codec
+                .compressor()?
+                .compress(&buf)
+                .at("cannot compress", src);
+            codec.buf = buf;
+            let compressed = compressed?;
             self.install(&dest, |f, tmp| {
                 f.write_all(&compressed).at("cannot write", tmp)
             })?;
@@ -196,10 +241,13 @@ impl Blobs {
             file.read_to_end(&mut codec.buf)
                 .at("cannot read blob", &path)?;
             // Capacity one past the expected size, so a longer blob is detected.
+            let buf = std::mem::take(&mut codec.buf);
             let data = codec
-                .decomp
-                .decompress(&codec.buf, size as usize + 1)
-                .map_err(|_| corrupt())?;
+                .decompressor()?
+                .decompress(&buf, size as usize + 1)
+                .map_err(|_| corrupt());
+            codec.buf = buf;
+            let data = data?;
             if data.len() as u64 != size || hex(&Sha256::digest(&data)) != hash {
                 return Err(corrupt());
             }

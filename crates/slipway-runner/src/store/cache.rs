@@ -32,10 +32,27 @@ pub fn cache_key(
     workdir: &Path,
     expand: &dyn Fn(&str) -> String,
 ) -> String {
+    cache_key_in(cache, index, workdir, None, expand)
+}
+
+/// [`cache_key`] with the repository's file list given (`key:files` wildcards match
+/// among `files` instead of a walk of `root`): keys computed from the source tree
+/// rather than a workspace.
+pub fn cache_key_in(
+    cache: &Cache,
+    index: usize,
+    root: &Path,
+    files: Option<&[String]>,
+    expand: &dyn Fn(&str) -> String,
+) -> String {
     match &cache.key {
         CacheKey::Literal(k) => expand(k),
-        CacheKey::Files { files, prefix } => {
-            let digest = files_digest(files, workdir).unwrap_or_else(|| "default".to_string());
+        CacheKey::Files {
+            files: key_files,
+            prefix,
+        } => {
+            let digest =
+                files_digest(key_files, root, files).unwrap_or_else(|| "default".to_string());
             let prefix = prefix.clone().unwrap_or_else(|| index.to_string());
             let key = [prefix.as_str(), digest.as_str()]
                 .iter()
@@ -48,7 +65,7 @@ pub fn cache_key(
     }
 }
 
-fn files_digest(files: &[String], workdir: &Path) -> Option<String> {
+fn files_digest(files: &[String], workdir: &Path, known: Option<&[String]>) -> Option<String> {
     let mut patterns: Vec<&str> = Vec::new();
     for f in files {
         if !f.trim().is_empty() && !patterns.contains(&f.as_str()) {
@@ -60,7 +77,10 @@ fn files_digest(files: &[String], workdir: &Path) -> Option<String> {
     for p in patterns {
         if p.contains('*') {
             if listing.is_none() {
-                listing = Some(list_files(workdir).unwrap_or_default());
+                listing = Some(match known {
+                    Some(k) => k.to_vec(),
+                    None => list_files(workdir).unwrap_or_default(),
+                });
             }
             let tokens = wildcard_tokens(p);
             for f in listing.iter().flatten() {
@@ -68,7 +88,8 @@ fn files_digest(files: &[String], workdir: &Path) -> Option<String> {
                     paths.push(f.clone());
                 }
             }
-        } else {
+        } else if known.is_none_or(|k| k.binary_search_by(|f| f.as_str().cmp(p)).is_ok()) {
+            // With a known file list (sorted), only the repository's files count.
             paths.push(p.to_string());
         }
     }

@@ -1,7 +1,7 @@
 //! Manifests: the list of what a set of artifacts (or a cache) holds, each file by its
 //! blob, and the code that builds one from a workspace and writes one out again.
 
-use super::blob::{is_hash, Blobs, Codec};
+use super::blob::{is_hash, with_codec, Blobs, Codec};
 use super::collect::{mtime_ns, Collected, Found};
 use super::fsutil::{invalid_data, is_safe_rel, PathContext};
 use serde::{Deserialize, Serialize};
@@ -103,7 +103,15 @@ pub(crate) fn build(
     workdir: &Path,
     collected: Collected,
 ) -> io::Result<ArtifactSet> {
-    let mut codec = Codec::new()?;
+    with_codec(|codec| build_with(blobs, workdir, collected, codec))
+}
+
+fn build_with(
+    blobs: &Blobs,
+    workdir: &Path,
+    collected: Collected,
+    codec: &mut Codec,
+) -> io::Result<ArtifactSet> {
     let mut set = ArtifactSet {
         entries: Vec::with_capacity(collected.entries.len()),
         warnings: collected.warnings,
@@ -135,7 +143,7 @@ pub(crate) fn build(
                         .push(format!("{path}: no longer a regular file, skipped"));
                     continue;
                 }
-                let put = blobs.put_file(&mut file, &src, &mut codec)?;
+                let put = blobs.put_file(&mut file, &src, codec)?;
                 EntryKind::File {
                     mode: meta.permissions().mode() & 0o777,
                     size: put.size,
@@ -175,6 +183,15 @@ pub(crate) fn validate(set: &ArtifactSet, source: &Path) -> io::Result<()> {
 /// Write a set out under `dest`, overwriting what is there; never writes through a
 /// symlink that leads outside `dest`.
 pub(crate) fn extract(blobs: &Blobs, set: &ArtifactSet, dest: &Path) -> io::Result<()> {
+    with_codec(|codec| extract_with(blobs, set, dest, codec))
+}
+
+fn extract_with(
+    blobs: &Blobs,
+    set: &ArtifactSet,
+    dest: &Path,
+    codec: &mut Codec,
+) -> io::Result<()> {
     validate(set, dest)?;
     fs::create_dir_all(dest).at("cannot create directory", dest)?;
     let canon = fs::canonicalize(dest).at("cannot open", dest)?;
@@ -183,7 +200,6 @@ pub(crate) fn extract(blobs: &Blobs, set: &ArtifactSet, dest: &Path) -> io::Resu
         canon,
         ready: HashSet::from([String::new()]),
     };
-    let mut codec = Codec::new()?;
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     for e in &set.entries {
         let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
@@ -207,7 +223,7 @@ pub(crate) fn extract(blobs: &Blobs, set: &ArtifactSet, dest: &Path) -> io::Resu
                     .mode(0o600)
                     .open(&target)
                     .at("cannot create", &target)?;
-                blobs.write_to(blob, *size, &mut out, &target, &mut codec)?;
+                blobs.write_to(blob, *size, &mut out, &target, codec)?;
                 out.set_permissions(Permissions::from_mode(mode & 0o777))
                     .at("cannot set mode of", &target)?;
                 if let Some(ns) = mtime_ns {

@@ -41,7 +41,7 @@ mod collect;
 mod fsutil;
 mod manifest;
 
-pub use cache::{cache_key, sanitize_cache_key};
+pub use cache::{cache_key, cache_key_in, sanitize_cache_key};
 pub use manifest::{ArtifactSet, Entry, EntryKind};
 
 use blob::{is_hash, Blobs};
