@@ -6,6 +6,7 @@ mod gitdir;
 mod pipeline_cmds;
 mod repo;
 mod run_cmd;
+mod server_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +33,9 @@ enum Command {
     List(pipeline_cmds::ListArgs),
     /// Run the pipeline on this machine: in a shell, or in containers for jobs with image:.
     Run(run_cmd::RunArgs),
+    /// Run the server: API, triggers (hook, polling, webhooks, schedules), scheduler and
+    /// job workers.
+    Server(server_cmd::ServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +51,6 @@ fn main() -> ExitCode {
         Command::Preview(a) => pipeline_cmds::preview(&a),
         Command::List(a) => pipeline_cmds::list(&a),
         Command::Run(a) => run_cmd::run(&a),
+        Command::Server(a) => server_cmd::run(&a),
     }
 }
