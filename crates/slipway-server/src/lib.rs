@@ -25,8 +25,11 @@
 
 pub mod ansi;
 pub mod app;
+pub mod artifacts;
 pub mod background;
+pub mod client;
 pub mod cron;
+pub mod exports;
 pub mod git;
 pub mod hook;
 pub mod http;
@@ -34,8 +37,13 @@ pub mod loghub;
 pub mod logstore;
 pub mod mirrors;
 pub mod pipelines;
+pub mod queue;
+pub mod recovery;
 pub mod request;
+pub mod scheduler;
 pub mod server;
+pub mod tar;
 pub mod triggers;
 pub mod ui;
 pub mod webhook;
+pub mod worker;

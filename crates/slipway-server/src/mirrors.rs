@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 pub struct Mirrors {
     root: PathBuf,
     open: Mutex<HashMap<ProjectId, Arc<Mirror>>>,
+    /// Serialises "fetch, compare, create pipelines" per project, so the hook, a webhook
+    /// and polling seeing the same push make one pipeline.
+    triggers: Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Mirrors {
@@ -18,7 +21,20 @@ impl Mirrors {
         Mirrors {
             root,
             open: Mutex::new(HashMap::new()),
+            triggers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Held while a push is turned into pipelines for `project`.
+    pub async fn trigger_lock(&self, project: ProjectId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(project)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     pub fn path(&self, project: ProjectId) -> PathBuf {

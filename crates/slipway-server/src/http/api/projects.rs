@@ -50,8 +50,8 @@ pub struct NewProjectBody {
     pub repository: String,
     /// Default: the repository's own default branch.
     pub default_branch: Option<String>,
-    /// Seconds between polls; 0 turns polling off. Default: 60 for URLs, off for local
-    /// paths (they use the post-receive hook).
+    /// Seconds between polls; 0 turns polling off. Default: 60 (for local paths a safety
+    /// net beside the post-receive hook).
     pub poll_interval_secs: Option<u64>,
     #[serde(default)]
     pub settings: Option<Value>,
@@ -73,7 +73,9 @@ pub async fn create(
     let poll = match body.poll_interval_secs {
         Some(0) => None,
         Some(s) => Some(Duration::from_secs(s)),
-        None => matches!(source, RepoSource::Url(_)).then(|| Duration::from_secs(60)),
+        // Local repositories are polled too, slowly: a safety net for pushes whose hook
+        // could not reach the server (the hook says so to the pusher).
+        None => Some(Duration::from_secs(60)),
     };
     let mut new = NewProject::new(body.name.clone(), repository);
     if let Some(b) = &body.default_branch {
