@@ -177,7 +177,7 @@ pub fn render(
                     @let st = Status::of_job(j.status, j.allow_failure);
                     @let a = actions(j);
                     @let needs = needs_of(j.plan_index);
-                    div class={"job-card st-" (st.key())} id=(format!("job-{}", j.plan_index)) data-index=(j.plan_index)
+                    div class={"job-card st-" (st.key())} id=(format!("job-{}", j.plan_index)) data-index=(j.plan_index) data-stage=(j.stage)
                         style=(format!("left:{}px;top:{}px;width:{CARD_W}px;height:{CARD_H}px", p.left(), p.top())) {
                         a.job-link href=(format!("/projects/{project}/jobs/{}", j.id))
                             title=(if needs.is_empty() { format!("{} — {}", j.name, st.label()) } else { format!("{} — {} (needs {})", j.name, st.label(), needs.join(", ")) }) {
@@ -199,14 +199,15 @@ pub fn render(
 }
 
 /// What can be done to a job in its state, if the role allows (GitLab's rules: play a
-/// manual job, cancel one that has not finished, retry a finished one that was not
-/// skipped).
+/// manual job, cancel one that waits for a runner, runs or is delayed, retry a finished
+/// one that was not skipped). Jobs still waiting for earlier stages are canceled with
+/// their pipeline.
 pub fn possible(j: &Job) -> CardActions {
     CardActions {
         play: j.status == JobStatus::Manual,
         cancel: matches!(
             j.status,
-            JobStatus::Created | JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+            JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
         ),
         retry: matches!(
             j.status,

@@ -168,11 +168,11 @@ pub async fn show(
                                 span { (a.file_type) " report" }
                             }
                             " " span.muted.small { (view::size(a.size)) }
-                            @if let Some(t) = a.expire_at { " · " span.muted.small title=(view::absolute(t)) { "expires " (view::absolute(t)) } }
+                            @if let Some(t) = a.expire_at { div.muted.small title=(view::absolute(t)) { "Kept until " (view::absolute(t)) } }
                             @if let Some((list, total)) = files {
                                 @if !list.is_empty() {
                                     details.files {
-                                        summary { (total) " files" }
+                                        summary { (total) @if *total == 1 { " file" } @else { " files" } }
                                         ul { @for (p, s) in list { li { code { (p) } " " span.muted.small { (view::size(*s as i64)) } } } }
                                         @if *total > list.len() { p.muted.small { "and " (total - list.len()) " more" } }
                                     }

@@ -268,8 +268,13 @@ pub async fn show(
     let plan = doc.as_ref().and_then(|d| d.plan.as_ref());
     let now = app.store.now();
     let p = &row.pipeline;
-    let can_cancel =
-        access.can(Action::CancelJob) && jobs.iter().any(|j| graph::possible(j).cancel);
+    let can_cancel = access.can(Action::CancelJob)
+        && jobs.iter().any(|j| {
+            matches!(
+                j.status,
+                JobStatus::Created | JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+            )
+        });
     let can_retry = access.can(Action::RetryJob)
         && jobs
             .iter()

@@ -67,8 +67,9 @@
   if (watch && window.EventSource) {
     const es = new EventSource("/-/events?watch=" + encodeURIComponent(watch));
     es.addEventListener("changed", refresh);
-    // After a reconnection, changes may have been missed.
-    es.addEventListener("open", () => { if (es.seen) refresh(); es.seen = true; });
+    // Changes made between rendering the page and opening the stream (or while it
+    // was reconnecting) were not announced: look once more.
+    es.addEventListener("open", refresh);
   }
 
   // ---- the pipeline graph: highlight a job's needs --------------------------------
