@@ -42,7 +42,7 @@ pub use audit::{Actor, AuditEntry, AuditProblem, AuditProblemKind, AuditReport};
 pub use crypto::SecretKey;
 pub use error::{Error, Result};
 pub use events::Event;
-pub use listings::{JobBrief, PipelineRow};
+pub use listings::{PipelineRow, StageStatus};
 pub use logs::LogSlice;
 pub use pipelines::{
     AutoCancelCandidate, Job, NewJob, NewPipeline, Pipeline, PipelineQuery, PipelineSource,

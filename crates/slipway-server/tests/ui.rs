@@ -599,6 +599,41 @@ async fn sign_in_errors_and_html_errors(backend: Backend) {
         .page("/projects/real")
         .await
         .contains("No pipeline has run yet"));
+    // "Run pipeline" without a pipeline file says why nothing ran.
+    let run = admin.page("/projects/real/pipelines/new").await;
+    let r = admin
+        .post(
+            "/projects/real/pipelines",
+            &[("_csrf", &csrf_of(&run)), ("ref", "main")],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("No pipeline created"), "{}", r.text());
+    // An invalid configuration makes a failed pipeline whose page shows the errors with
+    // their place.
+    work.commit(
+        &[(".gitlab-ci.yml", "build:\n  stage: build\n  script: 5\n")],
+        "Break the pipeline",
+    );
+    work.git(&["push", "--quiet", "origin", "main"]);
+    let r = admin
+        .post(
+            "/projects/real/pipelines",
+            &[("_csrf", &csrf_of(&run)), ("ref", "main")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let failed = admin.page(r.header("location").unwrap()).await;
+    assert!(failed.contains("The pipeline configuration is not valid:"));
+    assert!(failed.contains(".gitlab-ci.yml:3:"), "{failed}");
+    assert!(failed.contains("data-status=\"failed\""));
+    // Pages cannot be framed, and scripts come from this server only.
+    let r = admin.get("/projects/real").await;
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r
+        .header("content-security-policy")
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
     // Only administrators add projects.
     h.user("dev", Some(("real", "developer")), "api").await;
     let dev = Browser::sign_in(&h, "dev", "password-of-someone").await;

@@ -227,7 +227,7 @@ pub async fn show(
         .await?;
     let mut all = refs.clone();
     all.extend(recent.iter().cloned());
-    let jobs = pipelines::rows_with_jobs(&app, &all).await?;
+    let stages = pipelines::stage_statuses(&app, &all).await?;
     let now = app.store.now();
     let pname = project.name.as_str();
     Ok(Layout::new(pname.to_string(), &viewer)
@@ -265,7 +265,7 @@ pub async fn show(
                                         td { (view::badge(Status::of_pipeline(p.status))) }
                                         td { a href=(format!("/projects/{pname}/pipelines/{}", p.iid)) { "#" (p.iid) } " " span.muted.small { (trigger_cell(row)) } }
                                         td { (commit_cell(p)) }
-                                        td { (pipelines::mini_graph(pname, p, jobs.get(&p.id).map(Vec::as_slice).unwrap_or(&[]))) }
+                                        td { (pipelines::mini_graph(pname, p, stages.get(&p.id).map(Vec::as_slice).unwrap_or(&[]))) }
                                         td { (view::duration_cell(p.started_at, p.finished_at, now)) }
                                         td { (view::time(p.created_at, now)) }
                                     }
@@ -277,7 +277,7 @@ pub async fn show(
                 @if !recent.is_empty() {
                     section aria-labelledby="recent-title" {
                         h2 #recent-title { "Latest pipelines" }
-                        (pipelines::table(pname, &recent, &jobs, now, "Latest pipelines"))
+                        (pipelines::table(pname, &recent, &stages, now, "Latest pipelines"))
                         p.pager { a href=(format!("/projects/{pname}/pipelines")) { "All pipelines →" } }
                     }
                 }
