@@ -127,6 +127,10 @@ impl Client {
         })
     }
 
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn with_token(mut self, token: Option<String>) -> Client {
         self.token = token;
         self
