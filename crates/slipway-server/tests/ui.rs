@@ -413,11 +413,21 @@ async fn pages_follow_a_pushed_pipeline(backend: Backend) {
     assert!(web.contains("run from the web"));
     assert!(web.contains(" by "), "the trigger's name");
 
+    // The UI's actions are in the audit log under the user who pressed the button.
+    let audit = h.app.store.audit_recent(50).await.unwrap();
+    for action in ["job.play", "job.retry", "pipeline.create"] {
+        assert!(
+            audit.iter().any(|e| e.action == action && e.actor == "dev"),
+            "{action} by dev: {audit:?}"
+        );
+    }
     // Signing out ends the session.
     let out = dev
         .post("/logout", &[("_csrf", &csrf_of(&form_page))])
         .await;
     assert_eq!(out.status, 303);
+    let audit = h.app.store.audit_recent(1).await.unwrap();
+    assert_eq!(audit[0].action, "user.logout");
     let after = dev.get("/projects").await;
     assert_eq!(after.status, 303);
     assert!(after
