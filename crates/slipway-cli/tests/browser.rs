@@ -318,6 +318,7 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
     b.wait("following to stop", 5, |b| {
         (b.attr(&b.find("#log"), "data-follow").as_deref() == Some("false")).then_some(())
     });
+    b.screenshot("06b-job-running-top");
     // The go signal: the rest of the log arrives live, the page stays where it was, and
     // the final status appears without a reload.
     std::fs::write(&go, "go").unwrap();
@@ -380,7 +381,17 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
     b.screenshot("08-pipeline-manual");
     b.resize(1366, 900);
 
-    // The manual job is played with its button.
+    // The manual job's page offers to run it, with variables.
+    b.goto(&format!("{url}/projects/app/jobs/{deploy}"));
+    b.wait_for("#manual-title", 10);
+    assert!(b
+        .try_find(&format!("form[action$='/jobs/{deploy}/play'] #pk0"))
+        .is_some());
+    b.screenshot("08b-manual-job");
+    b.goto(&format!("{url}/projects/app/pipelines/{iid}"));
+    b.wait_for(".graph", 10);
+
+    // The manual job is played with its button in the graph.
     b.click(&b.find(&format!("form[action$='/jobs/{deploy}/play'] button")));
     b.wait("the play notice", 10, |b| {
         b.try_find(".flash")
@@ -419,6 +430,11 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
             .then_some(())
     });
     b.screenshot("10-pipelines");
+    b.goto(&format!("{url}/projects"));
+    b.wait_for("a.project-link[href='/projects/app']", 10);
+    b.screenshot("10b-projects");
+    b.goto(&format!("{url}/projects/app/pipelines"));
+    b.wait_for(&format!("#pipeline-{iid}"), 10);
     b.click(&b.find("a[href='/projects/app/pipelines/new']"));
     b.wait_for("#ref", 10);
     b.click(&b.find("[data-add-row='variable-rows']"));

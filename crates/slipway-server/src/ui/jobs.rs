@@ -201,9 +201,22 @@ pub async fn show(
             }
             div.log #log role="log" aria-live="off" tabindex="0"
                 data-stream=[live.then(|| format!("{base}/log.events?start={}&offset={}", log.start, log.offset))]
+                data-running=[(job.status == JobStatus::Running).then_some("true")]
                 data-complete=(if live { "false" } else { "true" }) {
                 (PreEscaped(&log.html))
-                @if log.size == 0 && !live { div.line.muted { "(no output)" } }
+                @if log.size == 0 {
+                    div.log-placeholder.muted {
+                        @match job.status {
+                            JobStatus::Manual => "The job has not run: it waits for someone to start it.",
+                            JobStatus::Created => "The job waits for the jobs before it.",
+                            JobStatus::Pending => "The job waits for a free executor.",
+                            JobStatus::Scheduled => "The job waits for its delay to pass.",
+                            JobStatus::Running => "The job has started; its output appears here.",
+                            JobStatus::Skipped => "The job was skipped.",
+                            _ => "(no output)",
+                        }
+                    }
+                }
             }
             @if live {
                 p.muted.small.log-waiting #log-waiting { "The log continues live while the job runs." }
