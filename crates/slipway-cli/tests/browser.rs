@@ -31,8 +31,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The API as the administrator: signs in, then makes a personal token.
-fn admin_api(url: &str) -> Client {
+/// The API as the administrator: signs in, then makes a personal token (returned too).
+fn admin_api(url: &str) -> (Client, String) {
     let rt = runtime();
     let anon = Client::new(url, None).unwrap();
     let r = rt
@@ -56,7 +56,8 @@ fn admin_api(url: &str) -> Client {
         ))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
-    Client::new(url, Some(r.json()["token"].as_str().unwrap().to_string())).unwrap()
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    (Client::new(url, Some(token.clone())).unwrap(), token)
 }
 
 fn api(c: &Client, method: &str, path: &str, body: Value) -> Value {
@@ -150,9 +151,9 @@ fn a_pipeline_from_push_to_finished_log_in_the_browser() {
     };
     let server = ServerProcess::start(&dir.path().join("data"), None, &[]);
     let url = server.url.clone();
-    let admin = admin_api(&url);
+    let (admin, token) = admin_api(&url);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        follow_a_pipeline(&b, &url, &admin, dir.path());
+        follow_a_pipeline(&b, &url, &admin, &token, dir.path());
     }));
     if let Err(e) = result {
         let _ = b.screenshot("failure");
@@ -166,7 +167,7 @@ fn a_pipeline_from_push_to_finished_log_in_the_browser() {
     eprintln!("screenshots in {}", shots.display());
 }
 
-fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
+fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &Path) {
     // A repository in a temporary directory, with a first commit.
     let (bare, work) = repos(tmp, "app", &[("README.md", "# app\n")]);
 
@@ -190,16 +191,23 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
     });
     assert!(b.text(&b.find(".flash")).contains("Project app added."));
 
-    // The hook, as `slipway hook install` sets it up; a viewer and a developer.
-    let hook = api(admin, "POST", "/api/v1/projects/app/hook-token", json!({}));
-    slipway_server::hook::install(
-        &bare,
-        &slipway_server::hook::HookTarget {
-            url: hook["url"].as_str().unwrap().to_string(),
-            token: hook["token"].as_str().unwrap().to_string(),
-        },
-    )
-    .unwrap();
+    // The post-receive hook, installed by `slipway hook install`; a viewer.
+    let out = std::process::Command::new(server_process::BIN)
+        .args([
+            "hook",
+            "install",
+            "--project",
+            "app",
+            "--server",
+            url,
+            "--token",
+            token,
+        ])
+        .arg(&bare)
+        .env_remove("SLIPWAY_TOKEN")
+        .output()
+        .unwrap();
+    server_process::ok(&out);
     api(
         admin,
         "POST",
