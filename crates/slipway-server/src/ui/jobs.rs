@@ -9,8 +9,8 @@ use crate::http::api::pipelines::{check_variables, RunVariable};
 use crate::ui::graph;
 use crate::ui::log;
 use crate::ui::page::{
-    back_to, csrf_field, find_project, notice, problem, project_access, redirect_with, require,
-    Layout, PageError, ProjectTab, SignedIn, Viewer,
+    back_to, csrf_field, notice, open_project, problem, redirect_with, require, Layout, PageError,
+    ProjectTab, SignedIn, Viewer,
 };
 use crate::ui::pipelines::{commit_cell, ref_label};
 use crate::ui::view::{self, Status};
@@ -64,8 +64,7 @@ pub async fn show(
     SignedIn(viewer): SignedIn,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let job = job_of(&app, &project, id).await?;
     let pipeline = app.store.pipeline(job.pipeline_id).await?;
     let attempts: Vec<Job> = app
@@ -294,8 +293,7 @@ pub async fn play(
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
     viewer.check_csrf(csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::PlayJob, "run manual jobs")?;
     let job = job_of(&app, &project, id).await?;
     let back = back_to(
@@ -343,8 +341,7 @@ pub async fn retry(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::RetryJob, "retry jobs")?;
     let job = job_of(&app, &project, id).await?;
     let page = format!("/projects/{}/jobs/{}", project.name, job.id);
@@ -372,8 +369,7 @@ pub async fn cancel(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::CancelJob, "cancel jobs")?;
     let job = job_of(&app, &project, id).await?;
     let back = back_to(

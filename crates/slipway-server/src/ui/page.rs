@@ -132,6 +132,18 @@ pub fn require(access: &Access, action: Action, what: &str) -> Result<(), PageEr
     }
 }
 
+/// The project named in a page's path and what the viewer may do in it (404 when they
+/// may not see it): how every project page starts.
+pub async fn open_project(
+    app: &AppState,
+    viewer: &Viewer,
+    name: &str,
+) -> Result<(Project, Access), PageError> {
+    let project = find_project(app, name).await?;
+    let access = project_access(app, viewer, &project).await?;
+    Ok((project, access))
+}
+
 /// The project named in a page's path.
 pub async fn find_project(app: &AppState, name: &str) -> Result<Project, PageError> {
     match app.store.project_by_name(name).await? {

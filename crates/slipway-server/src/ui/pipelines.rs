@@ -7,8 +7,8 @@ use crate::http::api::pipelines::{cancel_all, retry_failed, run_for, RunBody, Ru
 use crate::pipelines::Created;
 use crate::ui::graph::{self, CardActions};
 use crate::ui::page::{
-    csrf_field, find_project, notice, problem, project_access, redirect_with, require, url_encode,
-    Layout, PageError, ProjectTab, SignedIn, Viewer,
+    csrf_field, notice, open_project, problem, redirect_with, require, url_encode, Layout,
+    PageError, ProjectTab, SignedIn, Viewer,
 };
 use crate::ui::view::{self, Status};
 use axum::extract::{Path, Query, State};
@@ -160,8 +160,7 @@ pub async fn list(
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let status = parse_status(&q.status);
     let mut rows = app
         .store
@@ -258,8 +257,7 @@ pub async fn show(
     SignedIn(viewer): SignedIn,
     Path((name, iid)): Path<(String, i64)>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let pipeline = pipeline_of(&app, &project, iid).await?;
     let row = app.store.pipeline_row(pipeline.id).await?;
     let jobs = app.store.current_jobs(pipeline.id).await?;
@@ -401,8 +399,7 @@ pub async fn cancel(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::CancelJob, "cancel pipelines")?;
     let p = pipeline_of(&app, &project, iid).await?;
     let back = format!("/projects/{}/pipelines/{}", project.name, p.iid);
@@ -423,8 +420,7 @@ pub async fn retry(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::RetryJob, "retry jobs")?;
     let p = pipeline_of(&app, &project, iid).await?;
     let back = format!("/projects/{}/pipelines/{}", project.name, p.iid);
@@ -518,8 +514,7 @@ pub async fn new_form(
     SignedIn(viewer): SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::Trigger, "run pipelines")?;
     let refs = known_refs(&app, &project).await;
     Ok(run_form(
@@ -547,8 +542,7 @@ pub async fn run(
             .unwrap_or("")
     };
     viewer.check_csrf(field("_csrf"))?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::Trigger, "run pipelines")?;
     let ref_name = field("ref").trim().to_string();
     let keys = fields.iter().filter(|(n, _)| n == "variable_key");

@@ -6,8 +6,8 @@ use crate::app::AppState;
 use crate::http::api::projects::{add, NewProjectBody};
 use crate::http::error::redact_credentials;
 use crate::ui::page::{
-    csrf_field, find_project, notice, project_access, redirect_with, Layout, PageError, ProjectTab,
-    SignedIn, Viewer,
+    csrf_field, notice, open_project, redirect_with, Layout, PageError, ProjectTab, SignedIn,
+    Viewer,
 };
 use crate::ui::pipelines::{self, commit_cell, ref_label, trigger_cell};
 use crate::ui::view::{self, Status};
@@ -214,8 +214,7 @@ pub async fn show(
     SignedIn(viewer): SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let refs = app.store.latest_pipeline_per_ref(project.id, 50).await?;
     let recent = app
         .store
