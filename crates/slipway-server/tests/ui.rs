@@ -496,6 +496,34 @@ async fn live_log_stream_renders_and_resumes(backend: Backend) {
         html.ends_with(&rest),
         "the same lines as the tail of the whole"
     );
+    // A long log of a job still going: the page shows its last part, on a line
+    // boundary, and the stream continues from the end of what is shown.
+    let deploy = Harness::job(&detail, "deploy")["id"].as_i64().unwrap();
+    let mut long = String::new();
+    for i in 0..150_000 {
+        long.push_str(&format!("line {i:06} of the long log\n"));
+    }
+    let size = h
+        .app
+        .store
+        .append_log(slipway_db::JobId(deploy), long.as_bytes())
+        .await
+        .unwrap();
+    let page = admin.page(&format!("/projects/app/jobs/{deploy}")).await;
+    assert!(
+        page.contains("Showing the last 2.0 MiB of the log"),
+        "{}",
+        &page[..2000]
+    );
+    assert!(!page.contains("line 000000 "));
+    assert!(page.contains("line 149999 "));
+    let at = page.find("log.events?start=").unwrap() + "log.events?start=".len();
+    let query = &page[at..at + page[at..].find('"').unwrap()];
+    let (start, offset) = query.split_once("&amp;offset=").unwrap();
+    let (start, offset): (i64, i64) = (start.parse().unwrap(), offset.parse().unwrap());
+    assert!(start > 0 && start < size, "{query}");
+    assert_eq!(offset, size, "everything stored is shown");
+    assert_eq!(&long[start as usize - 1..start as usize], "\n");
     // A viewer outside the project gets nothing.
     h.user("sam", None, "api").await;
     let sam = Browser::sign_in(&h, "sam", "password-of-someone").await;
