@@ -488,7 +488,9 @@ impl<'a> Layout<'a> {
                         }
                         @if let Some(v) = self.viewer {
                             nav.main-nav aria-label="Main" {
-                                a href="/projects" { "Projects" }
+                                // Every page is under a project so far; issue 5's
+                                // instance-wide pages (environments) add entries here.
+                                a href="/projects" aria-current=[self.project.is_none().then_some("page")] { "Projects" }
                             }
                             div.who {
                                 span.username title="Signed in" { (v.user.username) }

@@ -33,7 +33,6 @@ pub async fn list(
         .filter(|p| permits(&viewer.user, roles.get(&p.id).copied(), Action::View))
         .collect();
     Ok(Layout::new("Projects", &viewer)
-        .crumb("Projects", None)
         .watch("projects".into())
         .render(html! {
             div.page-head {
