@@ -71,7 +71,7 @@ pub struct RunArgs {
     pub data: Option<PathBuf>,
 }
 
-fn data_dir(arg: &Option<PathBuf>) -> PathBuf {
+pub(crate) fn data_dir(arg: &Option<PathBuf>) -> PathBuf {
     if let Some(d) = arg {
         return d.clone();
     }

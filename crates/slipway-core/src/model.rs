@@ -10,7 +10,7 @@ use crate::duration::parse_seconds;
 use crate::expr;
 use crate::source::Span;
 use crate::yaml::{Map, Node, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
 /// GitLab's stages when `stages:` is not given.
@@ -33,7 +33,7 @@ fn flatten_strings(node: &Node, depth: usize, out: &mut Vec<String>) -> bool {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pipeline {
     /// Every stage in order, `.pre` first and `.post` last.
     pub stages: Vec<String>,
@@ -43,7 +43,7 @@ pub struct Pipeline {
     pub jobs: Vec<Job>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Workflow {
     pub name: Option<String>,
     pub rules: Option<Vec<Rule>>,
@@ -53,13 +53,13 @@ pub struct Workflow {
     pub auto_cancel_on_job_failure: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VariableDef {
     pub key: String,
     pub value: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
     /// `expand: false` keeps `$` references in the value as written.
     pub expand: bool,
@@ -67,7 +67,7 @@ pub struct VariableDef {
     pub span: Span,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum When {
     OnSuccess,
@@ -103,7 +103,7 @@ impl When {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
     #[serde(rename = "if", skip_serializing_if = "Option::is_none")]
     pub if_expr: Option<String>,
@@ -117,7 +117,7 @@ pub struct Rule {
     pub start_in: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_failure: Option<bool>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variables: Vec<VariableDef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub needs: Option<Vec<Need>>,
@@ -129,7 +129,7 @@ pub struct Rule {
     pub if_span: Span,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Changes {
     pub paths: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,7 +137,7 @@ pub struct Changes {
 }
 
 /// `only:` / `except:` in their full form.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RefFilter {
     pub refs: Vec<String>,
     pub variables: Vec<String>,
@@ -146,7 +146,7 @@ pub struct RefFilter {
     pub span: Span,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Need {
     pub job: String,
     pub artifacts: bool,
@@ -158,14 +158,14 @@ pub struct Need {
     pub span: Span,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AllowFailure {
     pub allowed: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit_codes: Vec<i32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Retry {
     pub max: u32,
     /// Failure reasons to retry on (`always` when empty and `max` > 0).
@@ -173,7 +173,7 @@ pub struct Retry {
     pub exit_codes: Vec<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Parallel {
     Count(u32),
@@ -186,7 +186,7 @@ pub type MatrixEntry = Vec<(String, Vec<String>)>;
 /// One matrix cell: a value for each variable.
 pub type MatrixCell = Vec<(String, String)>;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Artifacts {
     pub paths: Vec<String>,
     pub exclude: Vec<String>,
@@ -200,7 +200,7 @@ pub struct Artifacts {
     pub reports: Reports,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reports {
     pub junit: Vec<String>,
     pub dotenv: Vec<String>,
@@ -209,13 +209,13 @@ pub struct Reports {
     pub other: Vec<(String, Vec<String>)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoverageReport {
     pub coverage_format: String,
     pub path: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cache {
     pub key: CacheKey,
     pub paths: Vec<String>,
@@ -228,7 +228,7 @@ pub struct Cache {
     pub fallback_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheKey {
     Literal(String),
@@ -238,7 +238,7 @@ pub enum CacheKey {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     pub name: String,
     pub url: Option<String>,
@@ -249,7 +249,7 @@ pub struct Environment {
     pub auto_stop_in: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub name: String,
     pub entrypoint: Option<Vec<String>>,
@@ -258,7 +258,7 @@ pub struct Image {
     pub platform: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
     pub alias: Vec<String>,
@@ -268,7 +268,7 @@ pub struct Service {
     pub pull_policy: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Runs `script` on an executor.
@@ -277,7 +277,7 @@ pub enum JobKind {
     Trigger,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     pub name: String,
     pub kind: JobKind,
@@ -865,7 +865,7 @@ fn check_default(c: &mut Checker, key: &str, node: &Node, path: &str) -> bool {
 }
 
 /// Which defaults and global variables a job takes (`inherit:`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Inherit {
     All,

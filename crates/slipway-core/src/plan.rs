@@ -11,7 +11,7 @@ use crate::model::{
     matrix_instance_name, AllowFailure, Job, Need, Pipeline, RefFilter, Rule, VariableDef, When,
 };
 use crate::source::Span;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// What started a pipeline.
@@ -66,7 +66,7 @@ impl Trigger {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// `workflow:name`, expanded.
     pub name: Option<String>,
@@ -76,7 +76,7 @@ pub struct Plan {
     pub jobs: Vec<PlannedJob>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedJob {
     /// Name as shown: `test 1/3`, `build: [linux, amd64]`.
     pub name: String,
@@ -102,7 +102,7 @@ pub struct PlannedJob {
     pub definition: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedNeed {
     pub job: String,
     pub artifacts: bool,

@@ -881,7 +881,8 @@ pub fn deployment_tier_from_name(env_name: &str) -> &'static str {
 
 /// The trigger of a pipeline, as far as predefined variables need it. Callers fill it; the
 /// fields left empty or `None` produce the documented fallback or no variable.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PipelineContext {
     /// The server's base URL, e.g. `https://ci.example.com:8443` (`CI_SERVER_URL`, and
     /// `CI_SERVER_HOST`, `_PORT`, `_PROTOCOL`, `_FQDN` derived from it).
@@ -952,7 +953,8 @@ pub struct PipelineContext {
 }
 
 /// The merge request of a merge request pipeline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct MergeRequestContext {
     /// `CI_MERGE_REQUEST_ID`, instance-wide.
     pub id: u64,
@@ -986,7 +988,8 @@ pub struct MergeRequestContext {
 }
 
 /// The user who started a pipeline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct UserContext {
     pub id: u64,
     pub login: String,

@@ -178,6 +178,8 @@ pub struct Job {
     /// Cancel was asked while it ran; the holder sees it on its next heartbeat.
     pub cancel_requested: bool,
     pub log_size: i64,
+    /// Variables its `artifacts:reports:dotenv` exported, for the jobs that depend on it.
+    pub dotenv: Vec<KeyValue>,
 }
 
 /// A pipeline to create, with its jobs in plan order.
@@ -363,6 +365,7 @@ pub(crate) fn job_from(r: &sqlx::any::AnyRow) -> Result<Job> {
         executor: r.opt_text("executor")?,
         cancel_requested: r.flag("cancel_requested")?,
         log_size: r.i64("log_size")?,
+        dotenv: r.json("dotenv")?,
     })
 }
 
@@ -471,7 +474,19 @@ async fn cancel_in(tx: &mut WriteTx, job: &Job) -> Result<bool> {
             Ok(n == 1)
         }
         s if s.is_finished() => Ok(false),
-        _ => transition(tx, job, JobStatus::Canceled).await,
+        _ => {
+            if transition(tx, job, JobStatus::Canceled).await? {
+                return Ok(true);
+            }
+            // It changed under us (on PostgreSQL a claimer may have taken it between our
+            // read and our update): decide again on what it is now.
+            let now = job_in(tx, job.id).await?;
+            if !now.status.is_finished() {
+                Box::pin(cancel_in(tx, &now)).await
+            } else {
+                Ok(false)
+            }
+        }
     }
 }
 

@@ -19,8 +19,9 @@
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::pipelines::{insert_retry, job_from, Job};
-use crate::row::RowExt;
+use crate::row::{to_json, RowExt};
 use crate::store::{Dialect, Store, WriteTx};
+use crate::triggers::KeyValue;
 use crate::types::{JobId, PipelineId, Timestamp};
 use serde::Serialize;
 use slipway_core::schedule::JobStatus;
@@ -354,6 +355,26 @@ impl Store {
         Ok(job)
     }
 
+    /// Records the variables the job's dotenv report exported (before finishing it).
+    pub async fn set_job_dotenv(&self, lease: &Lease, dotenv: &[KeyValue]) -> Result<()> {
+        let mut tx = self.write().await?;
+        let n = sqlx::query(
+            "UPDATE jobs SET dotenv = $1 WHERE id = $2 AND lease_token = $3 AND status = 'running'",
+        )
+        .bind(to_json(&dotenv)?)
+        .bind(lease.job.0)
+        .bind(&lease.token)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost { job: lease.job.0 })
+        }
+    }
+
     /// Jobs currently running under a lease of `holder`.
     pub async fn jobs_held_by(&self, holder: &str) -> Result<Vec<Job>> {
         let rows = sqlx::query(
@@ -371,7 +392,7 @@ impl Store {
     pub async fn recover_after_restart(
         &self,
         holder: &str,
-        decide: impl Fn(&Job) -> Recovery,
+        decide: impl Fn(&Job) -> Recovery + Sync,
     ) -> Result<RecoveryReport> {
         let mut tx = self.write().await?;
         let rows = sqlx::query(
@@ -395,7 +416,10 @@ impl Store {
 
     /// Jobs of any holder whose lease ran out (the holder died or lost contact): failed
     /// with reason "lease expired", retried when `decide` says so. Call periodically.
-    pub async fn expire_leases(&self, decide: impl Fn(&Job) -> Recovery) -> Result<RecoveryReport> {
+    pub async fn expire_leases(
+        &self,
+        decide: impl Fn(&Job) -> Recovery + Sync,
+    ) -> Result<RecoveryReport> {
         let mut tx = self.write().await?;
         let rows = sqlx::query(
             "SELECT * FROM jobs WHERE status = 'running' AND lease_expires_at < $1 ORDER BY id",
@@ -420,7 +444,7 @@ async fn recover(
     jobs: &[Job],
     reason: &str,
     holder: Option<&str>,
-    decide: &dyn Fn(&Job) -> Recovery,
+    decide: &(dyn Fn(&Job) -> Recovery + Sync),
 ) -> Result<RecoveryReport> {
     let mut report = RecoveryReport::default();
     let now = tx.now();

@@ -898,6 +898,17 @@ async fn auto_cancel_queries(db: &TestDb) {
 
 // ---- the queue ------------------------------------------------------------------------
 
+/// The same lease with a token nobody was given.
+fn lb_wrong_token(l: &Lease) -> Lease {
+    Lease::from_parts(
+        l.job,
+        l.pipeline,
+        l.holder.clone(),
+        "not-the-token",
+        l.expires_at,
+    )
+}
+
 async fn queue_claim_lease_finish(db: &TestDb) {
     let s = &db.store;
     let p = project(db, "app").await;
@@ -966,6 +977,18 @@ async fn queue_claim_lease_finish(db: &TestDb) {
     let st = s.heartbeat(&mut la, Duration::from_secs(30)).await.unwrap();
     assert!(!st.cancel_requested);
     assert_eq!(st.expires_at, db.clock.now().plus(Duration::from_secs(30)));
+    // The dotenv report's variables are kept with the job, under the lease only.
+    s.set_job_dotenv(&la, &[KeyValue::new("VERSION", "1.2.3")])
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.set_job_dotenv(&lb_wrong_token(&la), &[]).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert_eq!(
+        s.job(ja.id).await.unwrap().dotenv,
+        vec![KeyValue::new("VERSION", "1.2.3")]
+    );
     let done = s
         .finish_job(&la, &JobOutcome::failed(Some(2), "script_failure"))
         .await

@@ -1,6 +1,7 @@
-//! The parts of Slipway's server that do not depend on the database: everything between
-//! "something happened in a repository" and "this pipeline should be created", plus the
-//! pieces the job log page is made of.
+//! Slipway's server: everything between "something happened in a repository" and "the
+//! job's log is in the browser".
+//!
+//! The parts that need no database:
 //!
 //! - [`git`]: bare mirrors of project repositories, refs and push detection by snapshot,
 //!   files and changes at a commit, exporting a commit into a job workspace.
@@ -13,13 +14,36 @@
 //! - [`loghub`]: live job logs for many subscribers, with catch-up from storage.
 //! - [`ansi`]: job logs as HTML (colours, `\r` overwrites, collapsible sections).
 //!
-//! The HTTP layer, the web pages, the API, authentication and the database are not here:
-//! they build on these modules.
+//! The running server, on the state store (`slipway-db`) and the runner
+//! (`slipway-runner`):
+//!
+//! - [`app`]: configuration and the state every part shares.
+//! - [`http`]: the JSON API under `/api/v1`, authentication, errors; [`ui`]: the pages.
+//! - [`pipelines`]: requests to pipelines (plan, store, auto-cancel).
+//! - [`triggers`]: hook, polling, webhooks, schedules, trigger tokens.
+//! - [`mirrors`], [`logstore`]: the projects' mirrors; the log hub's database view.
 
 pub mod ansi;
+pub mod app;
+pub mod artifacts;
+pub mod background;
+pub mod client;
 pub mod cron;
+pub mod exports;
 pub mod git;
 pub mod hook;
+pub mod http;
 pub mod loghub;
+pub mod logstore;
+pub mod mirrors;
+pub mod pipelines;
+pub mod queue;
+pub mod recovery;
 pub mod request;
+pub mod scheduler;
+pub mod server;
+pub mod tar;
+pub mod triggers;
+pub mod ui;
 pub mod webhook;
+pub mod worker;
