@@ -7,7 +7,9 @@
 # usage: bench/server-idle-rss.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p slipway-cli
+settle=3
+[ "${1:-}" = "--quick" ] && settle=1
+cargo build --release --quiet --bin slipway --example server_bench
 bin=$PWD/target/release/slipway
 dir=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
@@ -26,7 +28,7 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] || { cat "$dir/log"; exit 1; }
 rss() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status"; }
-sleep 3
+sleep "$settle"
 echo "idle after start: $(rss) MB resident"
 cookies="$dir/cookies"
 csrf=$(curl -fsS -c "$cookies" -H 'Content-Type: application/json' \
@@ -36,13 +38,18 @@ curl -fsS -b "$cookies" -H "X-CSRF-Token: $csrf" -H 'Content-Type: application/j
     -d "{\"name\":\"app\",\"repository\":\"$dir/repo\"}" "$url/api/v1/projects" > /dev/null
 curl -fsS -b "$cookies" -H "X-CSRF-Token: $csrf" -H 'Content-Type: application/json' \
     -d '{}' "$url/api/v1/projects/app/pipelines" > /dev/null
-for _ in $(seq 1 100); do
-    curl -fsS -b "$cookies" "$url/api/v1/projects/app/pipelines" | grep -q '"status":"success"' && break
+ok=
+for _ in $(seq 1 300); do
+    if curl -fsS -b "$cookies" "$url/api/v1/projects/app/pipelines" | grep -q '"status":"success"'; then
+        ok=1
+        break
+    fi
     sleep 0.1
 done
-sleep 3
+[ -n "$ok" ] || { echo "the pipeline did not succeed"; cat "$dir/log"; exit 1; }
+sleep "$settle"
 echo "idle after a pipeline: $(rss) MB resident"
-# smaps
+# Where the resident pages are (file-backed code versus heap).
 grep -E "^(Rss|Anonymous|Shared_Clean|Private_Clean|Private_Dirty)" "/proc/$pid/smaps_rollup" | tr -s " " | sed "s/^/  /"
 if [ -n "${SLIPWAY_RSS_DETAIL:-}" ]; then
     awk '/^[0-9a-f]+-[0-9a-f]+ / {name=$6; range=$1} /^Rss:/ {if ($2 > 1000) print $2 " kB " range " " name}' "/proc/$pid/smaps" | sort -rn | head -15

@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 secs=${1:-20}
 rate=${2:-50}
 [ "$secs" = "--quick" ] && secs=3
-cargo build --release --quiet -p slipway-server --example server_bench
+cargo build --release --quiet --bin slipway --example server_bench
 target/release/examples/server_bench log-latency "$secs" "$rate"

@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 jobs=${1:-50}
 mb=${2:-10}
 if [ "$jobs" = "--quick" ]; then jobs=10; mb=1; fi
-cargo build --release --quiet -p slipway-server --example server_bench
+cargo build --release --quiet --bin slipway --example server_bench
 target/release/examples/server_bench log-load "$jobs" "$mb"

@@ -10,5 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-30}
 [ "$n" = "--quick" ] && n=5
-cargo build --release --quiet -p slipway-server --example server_bench
+cargo build --release --quiet --bin slipway --example server_bench
 target/release/examples/server_bench pickup "$n"

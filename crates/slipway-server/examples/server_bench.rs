@@ -413,7 +413,10 @@ writer:
     let elapsed = t0.elapsed();
     assert_eq!(detail["pipeline"]["status"], "success", "{detail}");
     let mut total = 0usize;
-    for j in detail["jobs"].as_array().unwrap() {
+    let mut lines = 0usize;
+    let jobs_done = detail["jobs"].as_array().unwrap();
+    assert_eq!(jobs_done.len(), jobs, "one job per parallel instance");
+    for j in jobs_done {
         let id = j["id"].as_i64().unwrap();
         let mut offset = 0usize;
         let mut log = Vec::new();
@@ -430,6 +433,11 @@ writer:
             log.extend_from_slice(&r.body);
         }
         total += log.len();
+        assert_eq!(
+            Some(log.len() as u64),
+            j["log_size"].as_u64(),
+            "job {id}: the bytes read back are the stored size"
+        );
         let text = String::from_utf8(log).unwrap();
         let mut expect = 1usize;
         for line in text.lines() {
@@ -443,12 +451,14 @@ writer:
             }
         }
         assert_eq!(expect - 1, per_job, "job {id}: every line stored");
+        lines += per_job;
     }
     println!(
-        "{jobs} jobs x {mb} MB of logs at once: {:.1} s from trigger to success, {} bytes stored ({:.1} MB/s), every line of every job read back in order",
+        "{jobs} jobs x {mb} MB of logs at once: {:.1} s from trigger to success, {} bytes stored ({:.1} MB/s); {lines} numbered lines ({per_job} per job, {} bytes of them per job) all read back in order, each job's bytes equal to its stored log size",
         elapsed.as_secs_f64(),
         total,
-        total as f64 / 1e6 / elapsed.as_secs_f64()
+        total as f64 / 1e6 / elapsed.as_secs_f64(),
+        per_job * (line_len + 1),
     );
     b.app.shutdown.cancel();
 }

@@ -96,7 +96,15 @@ async fn worker_loop(w: Arc<Workers>, slot: usize) {
             Ok(Some(a)) => {
                 run_job(&w, slot, &mut workspaces, a).await;
                 if w.app.running.count() == 0 {
-                    release_free_memory();
+                    // A moment later: the job's log writer, publisher and blocking
+                    // tasks free their buffers after the attempt returns.
+                    let app = w.app.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if app.running.count() == 0 {
+                            release_free_memory();
+                        }
+                    });
                 }
             }
             Ok(None) => {}
