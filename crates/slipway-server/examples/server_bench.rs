@@ -8,6 +8,10 @@
 //! - `log-load JOBS MB`: JOBS jobs at once, each writing MB megabytes of numbered lines;
 //!   every stored log is read back and every line checked.
 //!
+//! SQLite by default; with `SLIPWAY_BENCH_POSTGRES_URL` (an administrator's URL, as
+//! `scripts/setup-postgres.sh` prints) a fresh PostgreSQL database instead, dropped
+//! afterwards.
+//!
 //! The idle server's resident memory is measured on the real binary by
 //! `bench/server-idle-rss.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -51,6 +55,55 @@ struct Bench {
     url: String,
     admin: Client,
     app: slipway_server::app::AppState,
+    /// (administrator URL, database name) of the PostgreSQL database to drop.
+    pg: Option<(String, String)>,
+}
+
+/// `postgres://u@h:p/db?x` with the database replaced.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    if query.is_empty() {
+        format!("{base}/{db}")
+    } else {
+        format!("{base}/{db}?{query}")
+    }
+}
+
+async fn fresh_postgres() -> Option<(String, String)> {
+    use sqlx::Connection;
+    let admin = std::env::var("SLIPWAY_BENCH_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let name = format!(
+        "slipway_bench_{}",
+        &slipway_server::hook::new_token().unwrap()[..16]
+    );
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    Some((admin, name))
+}
+
+impl Bench {
+    async fn stop(self) {
+        self.app.shutdown.cancel();
+        self.app.store.close().await;
+        if let Some((admin, name)) = &self.pg {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(admin).await.unwrap();
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut c)
+                .await;
+        }
+    }
 }
 
 async fn start(concurrency: usize) -> Bench {
@@ -59,6 +112,14 @@ async fn start(concurrency: usize) -> Bench {
     c.listen = "127.0.0.1:0".into();
     c.concurrency = concurrency;
     c.executor = slipway_runner::pipeline::ExecutorChoice::Shell;
+    let pg = fresh_postgres().await;
+    if let Some((admin, name)) = &pg {
+        c.database_url = Some(with_database(admin, name));
+    }
+    println!(
+        "database: {}",
+        if pg.is_some() { "PostgreSQL" } else { "SQLite" }
+    );
     let started = server::start(
         c,
         FirstAdminOptions {
@@ -89,6 +150,7 @@ async fn start(concurrency: usize) -> Bench {
         url,
         admin,
         app,
+        pg,
     }
 }
 
@@ -305,7 +367,7 @@ async fn pickup(n: usize) {
         wait_idle(&b).await;
     }
     stats("webhook to first job start", hooked);
-    b.app.shutdown.cancel();
+    b.stop().await;
 }
 
 /// Until no job runs (so the next iteration starts on an idle server).
@@ -371,7 +433,7 @@ talker:
         &format!("log line from the job to an SSE client ({lines} lines at {rate}/s)"),
         delays,
     );
-    b.app.shutdown.cancel();
+    b.stop().await;
 }
 
 async fn log_load(jobs: usize, mb: usize) {
@@ -460,7 +522,7 @@ writer:
         total as f64 / 1e6 / elapsed.as_secs_f64(),
         per_job * (line_len + 1),
     );
-    b.app.shutdown.cancel();
+    b.stop().await;
 }
 
 fn main() {

@@ -122,6 +122,20 @@ async fn worker_loop(w: Arc<Workers>, slot: usize) {
     }
 }
 
+/// Fixes glibc's thresholds for giving memory back. By default freeing one large block
+/// (a job's log batch, a read buffer) raises them to that block's size, after which
+/// an idle server keeps tens of megabytes at the top of a thread's heap that even
+/// `malloc_trim` does not return. Fixed values keep large blocks in their own mappings
+/// (unmapped on free) and let heaps shrink once a megabyte is free at their top.
+pub(crate) fn fix_allocator_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; any value is valid for these two.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
+}
+
 /// Gives memory freed by finished jobs back to the system once none runs: glibc keeps
 /// freed heap in each thread's arena otherwise (tens of megabytes after a busy job).
 fn release_free_memory() {
