@@ -12,4 +12,9 @@ secs=${1:-20}
 rate=${2:-50}
 [ "$secs" = "--quick" ] && secs=3
 cargo build --release --quiet --bin slipway --example server_bench
-target/release/examples/server_bench log-latency "$secs" "$rate"
+# SQLite, then PostgreSQL side by side when SLIPWAY_BENCH_POSTGRES_URL is set (an
+# administrator URL, e.g. from scripts/setup-postgres.sh).
+SLIPWAY_BENCH_POSTGRES_URL= target/release/examples/server_bench log-latency "$secs" "$rate"
+if [ -n "${SLIPWAY_BENCH_POSTGRES_URL:-}" ]; then
+    target/release/examples/server_bench log-latency "$secs" "$rate"
+fi

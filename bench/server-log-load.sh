@@ -12,4 +12,9 @@ jobs=${1:-50}
 mb=${2:-10}
 if [ "$jobs" = "--quick" ]; then jobs=10; mb=1; fi
 cargo build --release --quiet --bin slipway --example server_bench
-target/release/examples/server_bench log-load "$jobs" "$mb"
+# SQLite, then PostgreSQL side by side when SLIPWAY_BENCH_POSTGRES_URL is set (an
+# administrator URL, e.g. from scripts/setup-postgres.sh).
+SLIPWAY_BENCH_POSTGRES_URL= target/release/examples/server_bench log-load "$jobs" "$mb"
+if [ -n "${SLIPWAY_BENCH_POSTGRES_URL:-}" ]; then
+    target/release/examples/server_bench log-load "$jobs" "$mb"
+fi

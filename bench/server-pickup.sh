@@ -11,4 +11,9 @@ cd "$(dirname "$0")/.."
 n=${1:-30}
 [ "$n" = "--quick" ] && n=5
 cargo build --release --quiet --bin slipway --example server_bench
-target/release/examples/server_bench pickup "$n"
+# SQLite, then PostgreSQL side by side when SLIPWAY_BENCH_POSTGRES_URL is set (an
+# administrator URL, e.g. from scripts/setup-postgres.sh).
+SLIPWAY_BENCH_POSTGRES_URL= target/release/examples/server_bench pickup "$n"
+if [ -n "${SLIPWAY_BENCH_POSTGRES_URL:-}" ]; then
+    target/release/examples/server_bench pickup "$n"
+fi
