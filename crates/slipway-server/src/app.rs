@@ -127,6 +127,8 @@ pub struct App {
     /// Stored pipeline documents (plan, job definitions, context), read once.
     pub documents: DocumentCache,
     pub running: RunningJobs,
+    /// Commits checked out for jobs (`DATA_DIR/exports`).
+    pub exports: crate::exports::Exports,
     /// The base URL (`CI_SERVER_URL`, hook targets), known once the listener is bound.
     pub base_url: String,
     /// Cancelled on shutdown: loops and workers stop.
@@ -158,6 +160,7 @@ impl App {
             artifacts,
             documents: DocumentCache::default(),
             running: RunningJobs::default(),
+            exports: crate::exports::Exports::default(),
             base_url,
             shutdown: CancellationToken::new(),
             config,

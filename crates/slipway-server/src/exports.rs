@@ -73,12 +73,31 @@ fn export_blocking(dir: &Path, mirror: &Mirror, sha: &str) -> Result<Export, Git
         // Touched, so pruning keeps what is in use.
         let _ = std::fs::write(&done, sha);
     }
-    let files = mirror
-        .list_files(sha)?
-        .into_iter()
-        .filter(|f| tree.join(f).symlink_metadata().is_ok())
-        .collect();
+    // The files as exported (walking the tree costs less than asking git again).
+    let mut files = Vec::new();
+    walk(&tree, "", &mut files).map_err(io(format!("reading {}", tree.display())))?;
+    files.sort();
     Ok(Export { root: tree, files })
+}
+
+/// Every file and symbolic link under `dir`, relative, `/`-separated.
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(&e.path(), &rel, out)?;
+        } else {
+            out.push(rel);
+        }
+    }
+    Ok(())
 }
 
 /// Removes the oldest exports beyond [`KEEP`], never `current`.

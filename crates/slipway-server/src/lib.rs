@@ -17,11 +17,18 @@
 //! The running server, on the state store (`slipway-db`) and the runner
 //! (`slipway-runner`):
 //!
-//! - [`app`]: configuration and the state every part shares.
-//! - [`http`]: the JSON API under `/api/v1`, authentication, errors; [`ui`]: the pages.
-//! - [`pipelines`]: requests to pipelines (plan, store, auto-cancel).
-//! - [`triggers`]: hook, polling, webhooks, schedules, trigger tokens.
-//! - [`mirrors`], [`logstore`]: the projects' mirrors; the log hub's database view.
+//! - [`server`]: start, serve, stop; [`background`]: the tasks it runs; [`app`]: the
+//!   configuration and the state every part shares.
+//! - [`http`]: the JSON API under `/api/v1`, authentication, errors, the OpenAPI
+//!   document; [`ui`]: where the pages mount.
+//! - [`pipelines`]: requests to pipelines (plan, store, auto-cancel); [`triggers`]:
+//!   hook and webhook pushes, polling, schedules.
+//! - [`scheduler`]: pipelines moved forward on job events; [`queue`]: the job
+//!   lifecycle workers (and later agents) drive; [`worker`]: local workers on the
+//!   runner's one-job attempt; [`exports`]: commits checked out for jobs;
+//!   [`recovery`]: jobs of a dead process or a silent holder.
+//! - [`mirrors`], [`logstore`], [`artifacts`], [`tar`]: mirrors, the log hub's view of
+//!   the store, artifact downloads; [`client`]: the HTTP client the CLI uses.
 
 pub mod ansi;
 pub mod app;

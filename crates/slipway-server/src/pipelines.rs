@@ -257,11 +257,12 @@ pub fn project_info(app: &App, project: &Project) -> ProjectInfo {
 /// Plans `request` in the project's mirror and records the pipeline. The mirror must
 /// already hold the commit (fetch first for pushes).
 pub async fn create(
-    app: &App,
+    app: &crate::app::AppState,
     project: &Project,
     mut request: PipelineRequest,
     origin: Origin,
 ) -> Result<Created, TriggerError> {
+    let t0 = std::time::Instant::now();
     let mirror = app.mirrors.get(project).await?;
     request.ref_protected = is_protected(project, &request.ref_name, request.tag);
     let info = project_info(app, project);
@@ -274,6 +275,7 @@ pub async fn create(
                 error: std::io::Error::other(e.to_string()),
             })
         })?;
+    let planned_in = t0.elapsed();
     let variables: Vec<KeyValue> = request
         .variables
         .iter()
@@ -420,6 +422,19 @@ pub async fn create(
         serde_json::to_value(&doc)
             .map_err(|e| slipway_db::Error::Corrupt(format!("pipeline document: {e}")))?,
     );
+    // The first jobs will need the commit checked out: start now, beside the write, so
+    // the claim finds it ready.
+    if jobs_will_run(&new) {
+        let (app2, mirror, sha) = (
+            app.clone(),
+            app.mirrors.get(project).await?,
+            new.sha.clone(),
+        );
+        tokio::spawn(async move {
+            let dir = app2.config.data_dir.join("exports");
+            let _ = app2.exports.get(&dir, &mirror, &sha).await;
+        });
+    }
     let (pipeline, jobs) = app.store.create_pipeline(&origin.actor, new).await?;
     app.documents.insert(pipeline.id, Arc::new(doc));
     tracing::info!(
@@ -430,6 +445,8 @@ pub async fn create(
         source = pipeline.source.as_str(),
         status = pipeline.status.as_str(),
         jobs = jobs.len(),
+        planned_ms = planned_in.as_secs_f64() * 1e3,
+        stored_ms = (t0.elapsed() - planned_in).as_secs_f64() * 1e3,
         "pipeline created"
     );
     if matches!(
@@ -447,6 +464,10 @@ pub async fn create(
         }
     }
     Ok(Created::Pipeline(Box::new(pipeline), jobs))
+}
+
+fn jobs_will_run(p: &NewPipeline) -> bool {
+    p.jobs.iter().any(|j| j.status == JobStatus::Pending)
 }
 
 /// `workflow:auto_cancel:on_new_commit` of each older unfinished pipeline on the same ref

@@ -51,6 +51,7 @@ pub struct Started {
 /// Opens the store and everything around it, and binds the listener; nothing is served
 /// until [`Started::serve`].
 pub async fn start(config: ServerConfig, admin: FirstAdminOptions) -> Result<Started, StartError> {
+    crate::worker::fix_allocator_thresholds();
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| StartError::Io(format!("{}: {e}", data_dir.display())))?;

@@ -64,7 +64,28 @@ pub async fn on_push(
         return Ok(Vec::new());
     }
     let _serial = app.mirrors.trigger_lock(project.id).await;
-    app.mirrors.fetch(project).await?;
+    // Only the pushed refs: one `git fetch` (a full fetch also follows the source's
+    // default branch and lists every ref twice; polling does that).
+    let mirror = app.mirrors.get(project).await?;
+    let specs: Vec<String> = updates
+        .iter()
+        .filter(|u| u.new.is_some() && crate::git::split_ref(&u.ref_name).is_some())
+        .map(|u| format!("+{0}:{0}", u.ref_name))
+        .collect();
+    let fetched = {
+        let m = mirror.clone();
+        let specs = specs.clone();
+        crate::mirrors::blocking(move || {
+            let refs: Vec<&str> = specs.iter().map(String::as_str).collect();
+            m.fetch_refspecs(&refs)
+        })
+        .await
+    };
+    if fetched.is_err() {
+        // A ref the source no longer has (pushed and deleted at once): a full fetch
+        // brings the mirror to what the source holds.
+        app.mirrors.fetch(project).await?;
+    }
     let mut out = Vec::new();
     for r in requests {
         if already_built(app, project, &r).await? {

@@ -16,7 +16,6 @@
 //! `crate::recovery`).
 
 use crate::app::AppState;
-use crate::exports::Exports;
 use crate::queue::{
     Assignment, JobPayload, JobQueue, JobReport, LocalQueue, QueueError, SavedArtifacts,
 };
@@ -49,7 +48,6 @@ pub struct Workers {
     pub app: AppState,
     pub queue: Arc<dyn JobQueue>,
     pub executors: Executors,
-    pub exports: Exports,
 }
 
 /// Starts the local workers.
@@ -75,7 +73,6 @@ pub fn start(app: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
             executor: executor.into(),
         }),
         executors,
-        exports: Exports::default(),
     });
     (0..app.config.concurrency.max(1))
         .map(|slot| {
@@ -96,7 +93,20 @@ async fn worker_loop(w: Arc<Workers>, slot: usize) {
             c = w.queue.claim(Duration::from_secs(30)) => c,
         };
         match claimed {
-            Ok(Some(a)) => run_job(&w, slot, &mut workspaces, a).await,
+            Ok(Some(a)) => {
+                run_job(&w, slot, &mut workspaces, a).await;
+                if w.app.running.count() == 0 {
+                    // A moment later: the job's log writer, publisher and blocking
+                    // tasks free their buffers after the attempt returns.
+                    let app = w.app.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if app.running.count() == 0 {
+                            release_free_memory();
+                        }
+                    });
+                }
+            }
             Ok(None) => {}
             Err(QueueError::Unrunnable(e)) => {
                 tracing::error!(error = %e, "a claimed job could not run");
@@ -109,6 +119,30 @@ async fn worker_loop(w: Arc<Workers>, slot: usize) {
                 }
             }
         }
+    }
+}
+
+/// Fixes glibc's thresholds for giving memory back. By default freeing one large block
+/// (a job's log batch, a read buffer) raises them to that block's size, after which
+/// an idle server keeps tens of megabytes at the top of a thread's heap that even
+/// `malloc_trim` does not return. Fixed values keep large blocks in their own mappings
+/// (unmapped on free) and let heaps shrink once a megabyte is free at their top.
+pub(crate) fn fix_allocator_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; any value is valid for these two.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
+}
+
+/// Gives memory freed by finished jobs back to the system once none runs: glibc keeps
+/// freed heap in each thread's arena otherwise (tens of megabytes after a busy job).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -428,7 +462,11 @@ async fn execute(
         }
     };
     let data = &app.config.data_dir;
-    let export = match w.exports.get(&data.join("exports"), &mirror, &p.sha).await {
+    let export = match app
+        .exports
+        .get(&data.join("exports"), &mirror, &p.sha)
+        .await
+    {
         Ok(e) => e,
         Err(e) => {
             log.system(&format!(
@@ -438,12 +476,10 @@ async fn execute(
             return (failed(rules::reason::RUNNER_SYSTEM_FAILURE), None);
         }
     };
+    // The job's `.git` shows the pipeline's ref, as GitLab Runner's fetch of one ref does.
     let packed_refs = {
-        let m = mirror.clone();
-        crate::mirrors::blocking(move || m.refs())
-            .await
-            .map(|r| r.packed_refs())
-            .unwrap_or_default()
+        let kind = if p.context.tag { "tags" } else { "heads" };
+        format!("{} refs/{kind}/{}\n", p.sha, p.context.ref_name)
     };
     let git = GitInfo {
         git_dir: mirror.path().to_path_buf(),
@@ -547,6 +583,7 @@ async fn execute(
         })
         .collect();
     let artifacts_id = format!("job-{}", p.job_id);
+    tracing::debug!(job = p.job_id, "source and environment ready");
     let result = run_attempt(Attempt {
         name: &pj.name,
         job: def,
