@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a stopped job gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
+/// The longest script passed as an argument: Linux takes at most 128 KiB per argument
+/// (`MAX_ARG_STRLEN`), and the environment shares the 2 MiB or so left for both.
+const MAX_INLINE_SCRIPT: usize = 96 * 1024;
 /// How long to keep reading output after the script ended (a stray background process
 /// may hold the pipe open).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -153,58 +156,36 @@ impl ShellExecutor {
             cancel,
             tag,
         } = phase;
+        let script = render_script(commands, self.bash, &job.workdir);
+        // The script goes on the command line (`bash -c`): nothing is written to disk per
+        // job, and bash parses a string without the reads and seeks a script file costs
+        // it. `$0` is the shell, as when GitLab Runner pipes the script to bash. A script
+        // too long for one argument (or for what the environment leaves) goes in a file.
         let script_path = self.scripts_dir.join(format!("{tag}.sh"));
-        if let Err(e) = std::fs::create_dir_all(&self.scripts_dir).and_then(|_| {
-            std::fs::write(
-                &script_path,
-                render_script(commands, self.bash, &job.workdir),
-            )
-        }) {
-            return Ended::SpawnFailed(format!(
-                "cannot write the job script {}: {e}",
-                script_path.display()
-            ));
+        let mut spawned = Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+        if script.len() <= MAX_INLINE_SCRIPT {
+            spawned = self.spawn(job, Script::Inline(&script), extra_env);
         }
-        let (reader, writer) = match std::io::pipe() {
-            Ok(p) => p,
-            Err(e) => return Ended::SpawnFailed(format!("cannot create an output pipe: {e}")),
-        };
-        let writer2 = match writer.try_clone() {
-            Ok(w) => w,
-            Err(e) => return Ended::SpawnFailed(format!("cannot create an output pipe: {e}")),
-        };
-        let mut cmd = Command::new(&self.shell);
-        if self.bash {
-            cmd.arg("--noprofile").arg("--norc");
+        if spawned
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::E2BIG))
+        {
+            if let Err(e) = std::fs::create_dir_all(&self.scripts_dir)
+                .and_then(|_| std::fs::write(&script_path, &script))
+            {
+                return Ended::SpawnFailed(format!(
+                    "cannot write the job script {}: {e}",
+                    script_path.display()
+                ));
+            }
+            spawned = self.spawn(job, Script::File(&script_path), extra_env);
         }
-        cmd.arg(&script_path)
-            .current_dir(&job.workdir)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer2))
-            .process_group(0)
-            .kill_on_drop(true);
-        // The job sees the machine's environment (PATH, HOME...) under its own variables,
-        // as a shell runner does.
-        for (k, v) in std::env::vars_os() {
-            cmd.env(k, v);
-        }
-        for (k, v) in &job.variables {
-            cmd.env(k, v);
-        }
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
+        let (mut child, reader) = match spawned {
+            Ok(x) => x,
             Err(e) => {
                 return Ended::SpawnFailed(format!("cannot start {}: {e}", self.shell.display()))
             }
         };
-        // `cmd` holds the parent's copies of the pipe's write end: drop them so the reader
-        // sees end-of-file when the job's processes are gone.
-        drop(cmd);
         let pgid = child.id().map(|id| id as i32);
         // The output is read here, on the runtime, as it comes (no thread per job).
         let mut out = match Output::new(reader) {
@@ -255,6 +236,56 @@ impl ShellExecutor {
         })
         .await;
         ended
+    }
+}
+
+/// Where a shell finds its script.
+enum Script<'a> {
+    Inline(&'a str),
+    File(&'a Path),
+}
+
+impl ShellExecutor {
+    /// Start the shell on `script` in the job's workspace, in a process group of its own,
+    /// stdout and stderr on one pipe (whose read end is returned).
+    fn spawn(
+        &self,
+        job: &JobSpec,
+        script: Script<'_>,
+        extra_env: &[(&str, &str)],
+    ) -> std::io::Result<(tokio::process::Child, std::io::PipeReader)> {
+        let (reader, writer) = std::io::pipe()?;
+        let writer2 = writer.try_clone()?;
+        let mut cmd = Command::new(&self.shell);
+        if self.bash {
+            cmd.arg("--noprofile").arg("--norc");
+        }
+        match script {
+            Script::Inline(text) => cmd.arg("-c").arg(text).arg(&self.shell),
+            Script::File(path) => cmd.arg(path),
+        };
+        cmd.current_dir(&job.workdir)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(writer2))
+            .process_group(0)
+            .kill_on_drop(true);
+        // The job sees the machine's environment (PATH, HOME...) under its own variables,
+        // as a shell runner does.
+        for (k, v) in std::env::vars_os() {
+            cmd.env(k, v);
+        }
+        for (k, v) in &job.variables {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        // `cmd` holds the parent's copies of the pipe's write end; it is dropped here, so
+        // the reader sees end-of-file when the job's processes are gone.
+        Ok((child, reader))
     }
 }
 

@@ -196,3 +196,77 @@ async fn falls_back_to_sh() {
     assert_eq!(out.exit_code, Some(7));
     assert_eq!(lines[1], "from sh");
 }
+
+/// A script is passed to the shell as an argument: nothing is written for it, and the
+/// job sees `$0` as the shell (as when GitLab Runner pipes the script to bash).
+#[tokio::test]
+async fn scripts_are_passed_inline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let scripts = dir.path().join(".scripts");
+    let exec = ShellExecutor::new(&scripts);
+    let mut job = spec(dir.path(), &["echo \"zero=$(basename \"$0\")\""]);
+    job.after_script = vec!["echo after".into()];
+    let (out, lines) = run(&exec, &job).await;
+    assert_eq!(out.status, ExecStatus::Success);
+    assert!(lines.contains(&"zero=bash".to_string()), "{lines:?}");
+    assert!(lines.contains(&"after".to_string()), "{lines:?}");
+    assert!(!scripts.exists(), "no script file for an inline script");
+}
+
+/// A script too long for one command-line argument (Linux: 128 KiB) goes through a file
+/// and runs whole.
+#[tokio::test]
+async fn a_very_long_script_runs_from_a_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let scripts = dir.path().join(".scripts");
+    let exec = ShellExecutor::new(&scripts);
+    let commands: Vec<String> = (0..3000)
+        .map(|i| format!("n={i}  # {}", "x".repeat(60)))
+        .chain(["echo \"last n=$n\"".to_string()])
+        .collect();
+    let refs: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let job = spec(dir.path(), &refs);
+    let (out, lines) = run(&exec, &job).await;
+    assert_eq!(out.status, ExecStatus::Success, "{:?}", lines.last());
+    assert_eq!(lines.last().map(String::as_str), Some("last n=2999"));
+    assert!(scripts.exists(), "the long script was written to a file");
+}
+
+/// A script that fits one argument but not next to a large environment (the kernel's
+/// `E2BIG`) is run from a file instead.
+#[tokio::test]
+async fn a_script_crowded_out_by_the_environment_runs_from_a_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let scripts = dir.path().join(".scripts");
+    let exec = ShellExecutor::new(&scripts);
+    // SAFETY: sysconf reads a system limit.
+    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) }.max(0) as usize;
+    let machine: usize = std::env::vars_os()
+        .map(|(k, v)| k.len() + v.len() + 2 + 8)
+        .sum();
+    // The environment leaves about 40 KiB; the script needs about 60 KiB.
+    let mut room = arg_max.saturating_sub(machine + 40 * 1024);
+    let mut job = spec(dir.path(), &[]);
+    let mut i = 0;
+    while room > 0 {
+        let len = room.min(100 * 1024);
+        job.variables
+            .push((format!("BIG_{i}"), "v".repeat(len.saturating_sub(16))));
+        room -= len;
+        i += 1;
+    }
+    job.script = (0..800)
+        .map(|i| format!("n={i}  # {}", "x".repeat(20)))
+        .chain(["echo \"last n=$n vars=${#BIG_0}\"".to_string()])
+        .collect();
+    let (out, lines) = run(&exec, &job).await;
+    assert_eq!(out.status, ExecStatus::Success, "{:?}", lines.last());
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("last n=799 vars=")),
+        "{:?}",
+        lines.last()
+    );
+    assert!(scripts.exists(), "the script was written to a file");
+}
