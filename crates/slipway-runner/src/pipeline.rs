@@ -19,7 +19,7 @@ use slipway_core::schedule::{self, JobStatus, PipelineStatus};
 use slipway_core::variables::{EnvironmentContext, JobContext, JobRun, PipelineContext};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -157,6 +157,8 @@ struct Finished {
     index: usize,
     result: JobResult,
     dotenv: Vec<(String, String)>,
+    /// The workspace the job ran in, back to the free ones.
+    slot: Option<(usize, Workspace)>,
 }
 
 /// The latest artifacts id of each job name, kept in a small JSON file.
@@ -199,9 +201,6 @@ pub fn artifacts_id(run_id: &str, job: &str) -> String {
     let cut: String = id.chars().take(120).collect();
     format!("{cut}-{:08x}", h >> 32)
 }
-
-/// The free workspaces, by slot; a running job takes one out and puts it back.
-type Slots = Mutex<Vec<Option<(usize, Workspace)>>>;
 
 /// Run the plan to the end (or until `cancel`).
 pub async fn run(
@@ -247,8 +246,16 @@ pub async fn run(
             })
         });
     }
+    // One automaton for the run's secrets, shared by every job's log.
+    let masker = Arc::new(Masker::new(ctx.secrets.iter().map(|(_, v)| v.as_str())));
     let ctx = Arc::new(ctx);
-    let slots: Arc<Slots> = Arc::new(Mutex::new(workspaces.into_iter().map(Some).collect()));
+    // The free workspaces, by slot: a job takes the first free one and gives it back
+    // when it finishes.
+    let mut slots: Vec<Option<(usize, Workspace)>> = workspaces.into_iter().map(Some).collect();
+    // Set once no job can start any more (every job has started, finished or will not
+    // run): workspaces then stop following changes, so the end of the run does not
+    // wait for the kernel to free their watches.
+    let mut no_more_starts = false;
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let (due_tx, mut due_rx) = mpsc::unbounded_channel::<usize>();
     let mut running = 0usize;
@@ -343,22 +350,36 @@ pub async fn run(
                 .cloned()
                 .collect();
             let manual = played.contains(&i);
+            let mut slot = slots.iter_mut().find_map(|x| x.take());
+            let last_to_start = queue.is_empty()
+                && !statuses.iter().any(|s| {
+                    matches!(
+                        s,
+                        JobStatus::Created | JobStatus::Pending | JobStatus::Scheduled
+                    )
+                });
+            if last_to_start && !no_more_starts {
+                no_more_starts = true;
+                if let Some((_, ws)) = &mut slot {
+                    ws.stop_tracking_after_prepare();
+                }
+                for (_, ws) in slots.iter_mut().flatten() {
+                    ws.stop_tracking();
+                }
+            }
             let ctx2 = ctx.clone();
+            let masker2 = masker.clone();
             let exec = executors.clone();
             let obs = observer.clone();
             let tx2 = tx.clone();
             let c = cancel.clone();
-            let slots2 = slots.clone();
             let plan_job = live_plan.jobs[i].clone();
             tokio::spawn(async move {
-                let slot = slots2
-                    .lock()
-                    .ok()
-                    .and_then(|mut s| s.iter_mut().find_map(|x| x.take()));
                 let (result, dotenv, slot) = match slot {
                     Some((id, mut ws)) => {
                         let (r, d) = run_job(JobInput {
                             ctx: &ctx2,
+                            masker: &masker2,
                             index: i,
                             plan_job: &plan_job,
                             slot: id,
@@ -380,15 +401,11 @@ pub async fn run(
                         (r, Vec::new(), None)
                     }
                 };
-                if let (Some(slot), Ok(mut s)) = (slot, slots2.lock()) {
-                    if let Some(free) = s.iter_mut().find(|x| x.is_none()) {
-                        *free = Some(slot);
-                    }
-                }
                 let _ = tx2.send(Finished {
                     index: i,
                     result,
                     dotenv,
+                    slot,
                 });
             });
         }
@@ -399,6 +416,14 @@ pub async fn run(
         tokio::select! {
             Some(done) = rx.recv() => {
                 running -= 1;
+                if let Some((id, mut ws)) = done.slot {
+                    if no_more_starts {
+                        ws.stop_tracking();
+                    }
+                    if let Some(free) = slots.iter_mut().find(|x| x.is_none()) {
+                        *free = Some((id, ws));
+                    }
+                }
                 let i = done.index;
                 statuses[i] = done.result.status;
                 if done.result.allow_failure {
@@ -433,6 +458,11 @@ pub async fn run(
             }
         }
     }
+    // Closing a workspace's change tracking can wait for the kernel: done aside while
+    // the caller reports.
+    let _ = std::thread::Builder::new()
+        .name("workspace-drop".into())
+        .spawn(move || drop(slots));
     schedule::settle(&live_plan, &mut statuses);
     // `statuses` is authoritative: a finished job's status was copied there.
     let jobs: Vec<JobResult> = (0..n)
@@ -471,6 +501,8 @@ fn placeholder(plan: &Plan, i: usize) -> JobResult {
 
 struct JobInput<'a> {
     ctx: &'a RunContext,
+    /// The run's secrets, masked in every log.
+    masker: &'a Masker,
     index: usize,
     plan_job: &'a slipway_core::plan::PlannedJob,
     slot: usize,
@@ -533,6 +565,7 @@ pub fn iso8601(t: SystemTime) -> String {
 async fn run_job(input: JobInput<'_>) -> (JobResult, Vec<(String, String)>) {
     let JobInput {
         ctx,
+        masker,
         index: i,
         plan_job: pj,
         slot,
@@ -561,13 +594,12 @@ async fn run_job(input: JobInput<'_>) -> (JobResult, Vec<(String, String)>) {
         container,
         log_path: Some(log_path.clone()),
     };
-    let masker = Masker::new(ctx.secrets.iter().map(|(_, v)| v.as_str()));
     let listener = Box::new(Forward {
         index: i,
         name: pj.name.clone(),
         observer: observer.clone(),
     });
-    let log = match LogSink::to_file(&log_path, masker, Some(listener)) {
+    let log = match LogSink::to_file(&log_path, masker.clone(), Some(listener)) {
         Ok(l) => Arc::new(l),
         Err(e) => {
             observer(Event::JobLine {

@@ -452,6 +452,11 @@ pub struct Workspace {
     /// The artifacts laid over the source by the last [`Workspace::prepare_with`], by
     /// path, as long as nothing touched them since.
     overlay: BTreeMap<String, Laid>,
+    /// Trackers no longer used, their watches removed, closed when the workspace is
+    /// dropped (by then the kernel has freed the watches, so closing does not wait).
+    retired: Vec<Tracker>,
+    /// Stop tracking after the next prepare: no further reset is expected.
+    last_use: bool,
     /// Paths written since the last reset that the tracker no longer reports (drained
     /// while laying artifacts): the next reset fixes them.
     pending: BTreeSet<String>,
@@ -491,6 +496,8 @@ impl Workspace {
         Workspace {
             dir: dir.into(),
             tracker: None,
+            retired: Vec::new(),
+            last_use: false,
             trusted: false,
             git_state: None,
             overlay: BTreeMap::new(),
@@ -500,6 +507,23 @@ impl Workspace {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Stop following changes: no further reset is expected in this process (one would
+    /// compare every file). The kernel then frees the watches while the last jobs run,
+    /// so dropping the workspace at the end does not wait for that.
+    pub fn stop_tracking(&mut self) {
+        if let Some(mut t) = self.tracker.take() {
+            t.retire();
+            self.retired.push(t);
+        }
+        self.trusted = false;
+    }
+
+    /// Stop following changes right after the next prepare (the job about to run is
+    /// the last one this workspace is expected to see).
+    pub fn stop_tracking_after_prepare(&mut self) {
+        self.last_use = true;
     }
 
     /// Reset the workspace to exactly the source's files and give it a fresh `.git`
@@ -595,8 +619,7 @@ impl Workspace {
                         .map(|(p, _)| p)
                         .collect();
                     if !dirs.iter().all(|d| t.watch(&self.dir, d)) {
-                        self.tracker = None;
-                        self.trusted = false;
+                        self.stop_tracking();
                     }
                 }
                 if let Some(t) = &mut self.tracker {
@@ -617,6 +640,9 @@ impl Workspace {
                     }
                 }
             }
+        }
+        if std::mem::take(&mut self.last_use) {
+            self.stop_tracking();
         }
         Ok((stats, r, laying))
     }
@@ -651,8 +677,7 @@ impl Workspace {
                 if let Some(t) = &mut self.tracker {
                     let watched = GIT_DIRS.iter().all(|d| t.watch(&self.dir, d));
                     if !watched {
-                        self.tracker = None;
-                        self.trusted = false;
+                        self.stop_tracking();
                     }
                 }
             }
@@ -726,12 +751,13 @@ impl Workspace {
         self.pending.clear();
         let stats = sync(source, &self.dir, &[".git"])?;
         // Watch every directory of the checkout; any refusal means no tracking.
+        self.stop_tracking();
         self.tracker = Tracker::new();
         if let Some(t) = &mut self.tracker {
             self.trusted = source.dirs_under("").iter().all(|d| t.watch(&self.dir, d));
         }
         if !self.trusted {
-            self.tracker = None;
+            self.stop_tracking();
         }
         Ok(stats)
     }
@@ -788,8 +814,7 @@ impl Workspace {
                 let watched = source.dirs_under(&p).iter().all(|d| t.watch(&self.dir, d));
                 if !watched {
                     // Reset is done; only the tracking is lost.
-                    self.tracker = None;
-                    self.trusted = false;
+                    self.stop_tracking();
                     return Ok(Some(stats));
                 }
             } else if fs::symlink_metadata(&target).is_ok() {
@@ -1189,6 +1214,40 @@ mod tests {
         // Nothing changed: nothing to do.
         let third = ws.prepare(&source, None).expect("prepare");
         assert_eq!((third.copied, third.removed, third.full), (0, 0, false));
+    }
+
+    /// A workspace that stopped following changes (after its expected last job) still
+    /// resets exactly when used again: it compares everything.
+    #[test]
+    fn a_reset_after_tracking_stopped_compares_everything() {
+        let src = tempfile::tempdir().expect("tmp");
+        let dst = tempfile::tempdir().expect("tmp");
+        write(src.path(), "a.txt", "a");
+        write(src.path(), "dir/b.txt", "b");
+        let source = Source::scan(src.path(), ["a.txt".into(), "dir/b.txt".into()]);
+        let mut ws = Workspace::new(dst.path().join("ws"));
+        assert!(ws.prepare(&source, None).expect("prepare").full);
+        ws.stop_tracking_after_prepare();
+        let tracked = ws.prepare(&source, None).expect("prepare");
+        assert!(!tracked.full, "the prepare itself still used tracking");
+        // The job changes things; nothing watches any more.
+        let root = ws.dir().to_path_buf();
+        fs::write(root.join("dir/b.txt"), "changed").expect("write");
+        write(&root, "new/file", "x");
+        let again = ws.prepare(&source, None).expect("prepare");
+        assert!(again.full, "{again:?}");
+        assert_eq!((again.copied, again.removed), (1, 1));
+        assert_eq!(fs::read_to_string(root.join("dir/b.txt")).expect("b"), "b");
+        assert!(!root.join("new").exists());
+        // Tracking resumed with that full comparison.
+        fs::write(root.join("a.txt"), "edited").expect("write");
+        let next = ws.prepare(&source, None).expect("prepare");
+        assert!(!next.full);
+        assert_eq!(fs::read_to_string(root.join("a.txt")).expect("a"), "a");
+        ws.stop_tracking();
+        fs::write(root.join("a.txt"), "edited again").expect("write");
+        assert!(ws.prepare(&source, None).expect("prepare").full);
+        assert_eq!(fs::read_to_string(root.join("a.txt")).expect("a"), "a");
     }
 
     #[test]
