@@ -228,6 +228,8 @@ pub async fn run(
     }
     // allow_failure can turn true after the fact (allow_failure:exit_codes).
     let mut live_plan = ctx.plan.clone();
+    let graph = schedule::Graph::new(&live_plan);
+    let in_run: HashSet<String> = live_plan.jobs.iter().map(|j| j.name.clone()).collect();
     let mut workspaces = std::mem::take(&mut ctx.workspaces);
     let limit = ctx.concurrency.max(1).min(workspaces.len().max(1));
     // Bring every workspace up to date at once, a thread each, while nothing else runs:
@@ -266,7 +268,7 @@ pub async fn run(
 
     loop {
         if !canceled {
-            queue.extend(schedule::advance(&live_plan, &mut statuses));
+            queue.extend(graph.advance(&live_plan, &mut statuses));
             for (i, pj) in live_plan.jobs.iter().enumerate() {
                 match statuses[i] {
                     // Manual jobs asked for are played as soon as they may be.
@@ -318,14 +320,14 @@ pub async fn run(
                     result: &r,
                 });
                 results[i] = Some(r);
-                queue.extend(schedule::advance(&live_plan, &mut statuses));
+                queue.extend(graph.advance(&live_plan, &mut statuses));
                 continue;
             }
             statuses[i] = JobStatus::Running;
             running += 1;
             let mut deps = Vec::new();
             for d in &pj.dependencies {
-                let in_run = live_plan.jobs.iter().any(|j| &j.name == d);
+                let in_run = in_run.contains(d);
                 let id = if in_run {
                     produced.get(d).cloned()
                 } else {
