@@ -391,8 +391,12 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
                 }
             }
         });
-        runner::run(ctx, executors, observer, cancel).await
-    });
+        // The loop runs on the runtime's workers, next to the jobs: a finished job's
+        // message and the next job's start stay on one thread instead of waking another.
+        tokio::spawn(runner::run(ctx, executors, observer, cancel))
+            .await
+            .map_err(|e| format!("the run stopped unexpectedly: {e}"))
+    })?;
     console.summary(&result, &logs_dir);
     if let Some(report) = &args.report {
         slipway_runner::report::write(report, &result).map_err(|e| e.to_string())?;

@@ -116,7 +116,8 @@ impl Output {
         let fd: std::os::fd::OwnedFd = reader.into();
         Ok(Output {
             rx: tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?,
-            buf: vec![0u8; 64 * 1024],
+            // Filled without being zeroed first (`read_buf`): most jobs print a few lines.
+            buf: Vec::with_capacity(64 * 1024),
             eof: false,
         })
     }
@@ -124,9 +125,10 @@ impl Output {
     /// Read what is there (waiting for it) and pass it to the log.
     async fn pump(&mut self, log: &LogSink) {
         use tokio::io::AsyncReadExt;
-        match self.rx.read(&mut self.buf).await {
+        self.buf.clear();
+        match self.rx.read_buf(&mut self.buf).await {
             Ok(0) | Err(_) => self.eof = true,
-            Ok(n) => log.write(&self.buf[..n]),
+            Ok(_) => log.write(&self.buf),
         }
     }
 }
