@@ -232,6 +232,29 @@ pub async fn run(
     let in_run: HashSet<String> = live_plan.jobs.iter().map(|j| j.name.clone()).collect();
     let mut workspaces = std::mem::take(&mut ctx.workspaces);
     let limit = ctx.concurrency.max(1).min(workspaces.len().max(1));
+    // Shells can start ahead of the jobs: with what every job of the run has (the
+    // pipeline's predefined variables, --secret and --variable are taken as written, so
+    // their values are the same for every job unless a job overrides them), started now
+    // so their start-up overlaps the workspaces' preparation.
+    let workdirs: Vec<PathBuf> = workspaces
+        .iter()
+        .map(|(_, ws)| ws.dir().to_path_buf())
+        .collect();
+    let shared: Vec<(String, String)> = ctx
+        .predefined
+        .iter()
+        .chain(&ctx.secrets)
+        .chain(&ctx.variables)
+        .cloned()
+        .collect();
+    let shell_jobs = ctx
+        .plan
+        .jobs
+        .iter()
+        .any(|pj| !executors.uses_container(&ctx.pipeline.jobs[pj.definition]));
+    if shell_jobs {
+        executors.shell.expect_jobs(&workdirs, &shared);
+    }
     // Bring every workspace up to date at once, a thread each, while nothing else runs:
     // each slot's first job then pays only for what changed since (changes are tracked),
     // instead of a full comparison in the middle of the pipeline.
@@ -362,6 +385,8 @@ pub async fn run(
                 });
             if last_to_start && !no_more_starts {
                 no_more_starts = true;
+                executors.shell.no_more_jobs();
+                executors.container.no_more_jobs();
                 if let Some((_, ws)) = &mut slot {
                     ws.stop_tracking_after_prepare();
                 }
@@ -460,6 +485,8 @@ pub async fn run(
             }
         }
     }
+    executors.shell.no_more_jobs();
+    executors.container.no_more_jobs();
     // Closing a workspace's change tracking can wait for the kernel: done aside while
     // the caller reports.
     let _ = std::thread::Builder::new()
