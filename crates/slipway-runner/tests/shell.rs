@@ -270,3 +270,225 @@ async fn a_script_crowded_out_by_the_environment_runs_from_a_file() {
     );
     assert!(scripts.exists(), "the script was written to a file");
 }
+
+/// An executor with a warm shell waiting in `dir`, as during a pipeline run.
+fn warm_executor(dir: &Path, shared: &[(&str, &str)]) -> ShellExecutor {
+    let exec = ShellExecutor::new(&dir.join(".scripts"));
+    let shared: Vec<(String, String)> = shared
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    exec.expect_jobs(&[dir.to_path_buf()], &shared);
+    assert_eq!(exec.warm_shells(), 1);
+    exec
+}
+
+/// Whether the job's shell was a warm one: its `-c` argument is the bootstrap, not the
+/// script.
+const WHICH_SHELL: &str = "if [ \"$(tr '\\0' '\\n' < /proc/$$/cmdline | sed -n 5p)\" = 'eval \"$(</dev/stdin)\"' ]; then echo shell=warm; else echo shell=cold; fi";
+
+/// A job in a warm shell: GitLab Runner's echo and failure semantics, every variable
+/// exactly as given (job-specific ones through the script), shared ones from the start,
+/// and a warm shell left for the next job.
+#[tokio::test]
+async fn warm_shells_keep_job_semantics_and_variables() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = warm_executor(dir.path(), &[("SHARED", "same for all"), ("GONE", "x")]);
+    let tricky = "it's \"quoted\" $HOME `date` \\ back\nsecond line";
+    let mut job = spec(
+        dir.path(),
+        &[
+            WHICH_SHELL,
+            "echo \"$GREETING|$SHARED|${GONE-unset}\"",
+            "printf '%s' \"$TRICKY\" > tricky.txt",
+            "false | cat",
+            "echo never",
+        ],
+    );
+    job.variables.push(("SHARED".into(), "same for all".into()));
+    job.variables.push(("TRICKY".into(), tricky.into()));
+    let (out, lines) = run(&exec, &job).await;
+    assert_eq!(lines[0], format!("$ {WHICH_SHELL}"));
+    assert_eq!(lines[1], "shell=warm", "{lines:?}");
+    assert!(
+        lines.contains(&"hello world|same for all|unset".to_string()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tricky.txt")).expect("tricky"),
+        tricky
+    );
+    assert_eq!(out.status, ExecStatus::Failed, "pipefail: {lines:?}");
+    assert_eq!(out.exit_code, Some(1));
+    assert!(!lines.iter().any(|l| l == "never"));
+    // Nothing of the script is shown but the commands.
+    assert!(!lines.iter().any(|l| l.contains("export")), "{lines:?}");
+    assert_eq!(exec.warm_shells(), 1, "a warm shell waits for the next job");
+    // The next job gets its own new shell, with nothing of the previous job's.
+    let job2 = spec(dir.path(), &[WHICH_SHELL, "echo \"${TRICKY-none} $$\""]);
+    let (out2, lines2) = run(&exec, &job2).await;
+    assert_eq!(out2.status, ExecStatus::Success);
+    assert_eq!(lines2[1], "shell=warm");
+    assert!(lines2[3].starts_with("none "), "{lines2:?}");
+}
+
+/// Variables a running bash cannot take as `export` lines (a name bash reads only at
+/// start, or not a plain name) make the job start a new shell with them instead.
+#[tokio::test]
+async fn variables_a_warm_shell_cannot_take_start_a_new_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = warm_executor(dir.path(), &[]);
+    let mut job = spec(
+        dir.path(),
+        &[
+            WHICH_SHELL,
+            "env | grep -c '^1ODD=x$'",
+            "echo \"$BASH_ENV\"",
+        ],
+    );
+    job.variables.push(("1ODD".into(), "x".into()));
+    job.variables
+        .push(("BASH_ENV".into(), "/nonexistent".into()));
+    let (out, lines) = run(&exec, &job).await;
+    assert_eq!(out.status, ExecStatus::Success, "{lines:?}");
+    assert_eq!(lines[1], "shell=cold");
+    assert_eq!(lines[3], "1");
+    assert_eq!(lines[5], "/nonexistent");
+}
+
+/// A timeout in a warm shell still stops the job's whole process group, and
+/// `after_script` runs in a shell of its own with `CI_JOB_STATUS`.
+#[tokio::test]
+async fn a_warm_shell_job_times_out_as_a_group() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = warm_executor(dir.path(), &[]);
+    let mut job = spec(
+        dir.path(),
+        &[
+            WHICH_SHELL,
+            "(sleep 30; echo orphan > orphan.txt) &",
+            "echo $! > child.pid",
+            "sleep 30",
+        ],
+    );
+    job.timeout = Duration::from_millis(500);
+    job.after_script = vec!["echo \"after: $CI_JOB_STATUS\"".into()];
+    let (out, lines) = run(&exec, &job).await;
+    assert_eq!(out.status, ExecStatus::TimedOut);
+    assert_eq!(lines[1], "shell=warm");
+    assert!(lines.contains(&"after: failed".to_string()), "{lines:?}");
+    let pid: i32 = std::fs::read_to_string(dir.path().join("child.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("number");
+    std::thread::sleep(Duration::from_millis(200));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let running = status
+        .lines()
+        .any(|l| l.starts_with("State:") && !l.contains("Z (zombie)") && !l.contains("X (dead)"));
+    assert!(!running, "background process {pid} survived: {status}");
+}
+
+/// A warm shell given a masked value (a job-specific secret travels in its script):
+/// the value works, never shows in the output, and no script is written anywhere.
+#[tokio::test]
+async fn secrets_through_a_warm_shell_stay_out_of_logs_and_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = warm_executor(dir.path(), &[]);
+    let mut job = spec(
+        dir.path(),
+        &[
+            WHICH_SHELL,
+            "test \"$TOKEN\" = topsecret && echo token-ok",
+            "echo \"$TOKEN\"",
+        ],
+    );
+    job.variables.push(("TOKEN".into(), "topsecret".into()));
+    let (out, lines) = run(&exec, &job).await;
+    assert_eq!(out.status, ExecStatus::Success);
+    assert_eq!(lines[1], "shell=warm");
+    assert!(lines.contains(&"token-ok".to_string()));
+    assert!(lines.contains(&"[MASKED]".to_string()), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("topsecret")), "{lines:?}");
+    assert!(!dir.path().join(".scripts").exists());
+    let mut found = Vec::new();
+    for e in walk(dir.path()) {
+        if std::fs::read(&e).is_ok_and(|b| b.windows(9).any(|w| w == b"topsecret")) {
+            found.push(e);
+        }
+    }
+    assert!(found.is_empty(), "secret written to {found:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The processes of this test binary whose working directory is `dir`.
+fn shells_in(dir: &Path) -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let dir = dir.canonicalize().expect("dir");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.first() == Some(&"Z") || fields.get(1) != Some(&me.as_str()) {
+            continue;
+        }
+        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c == dir) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A warm shell no job came for goes with the executor; after `no_more_jobs`, the next
+/// job leaves none behind.
+#[tokio::test]
+async fn unused_warm_shells_are_cleaned_up() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = warm_executor(dir.path(), &[]);
+    assert_eq!(shells_in(dir.path()).len(), 1, "the warm shell is running");
+    drop(exec);
+    let mut left = shells_in(dir.path());
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = shells_in(dir.path());
+    }
+    assert!(left.is_empty(), "warm shells left running: {left:?}");
+
+    let other = tempfile::tempdir().expect("tmp");
+    let exec = warm_executor(dir.path(), &[]);
+    exec.expect_jobs(&[other.path().to_path_buf()], &[]);
+    assert_eq!(exec.warm_shells(), 2);
+    exec.no_more_jobs();
+    let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
+    assert_eq!(out.status, ExecStatus::Success);
+    assert_eq!(
+        lines[1], "shell=warm",
+        "the last job still uses its warm shell"
+    );
+    assert_eq!(
+        exec.warm_shells(),
+        0,
+        "and leaves none, nor the other workspace's"
+    );
+}
