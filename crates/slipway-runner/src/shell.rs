@@ -40,12 +40,18 @@ pub struct ShellExecutor {
     /// Where generated scripts are written (outside the workspace, so artifacts and
     /// `git status` never see them).
     scripts_dir: PathBuf,
-    /// Warm shells waiting for a job, by workspace.
+    warm: Arc<Warm>,
+}
+
+/// The warm shells of an executor (shared with the threads that start them).
+#[derive(Default)]
+struct Warm {
+    /// Waiting for a job, by workspace.
     spares: Mutex<HashMap<PathBuf, Spare>>,
-    /// What warm shells are started with: the machine's environment under the variables
-    /// every job of the run has. `None`: no warm shells (outside a run, or after it).
-    warm_env: Mutex<Option<Arc<Env>>>,
-    /// Set by [`Executor::no_more_jobs`]: warm shells left are not replaced.
+    /// What they are started with: the machine's environment under the variables every
+    /// job of the run has. `None`: no warm shells (outside a run).
+    env: Mutex<Option<Arc<Env>>>,
+    /// Set by [`Executor::no_more_jobs`]: warm shells used are not replaced.
     closing: AtomicBool,
 }
 
@@ -91,15 +97,13 @@ impl ShellExecutor {
             shell,
             bash,
             scripts_dir: scripts_dir.to_path_buf(),
-            spares: Mutex::new(HashMap::new()),
-            warm_env: Mutex::new(None),
-            closing: AtomicBool::new(false),
+            warm: Arc::new(Warm::default()),
         }
     }
 
     /// How many warm shells wait for a job (for tests and diagnostics).
     pub fn warm_shells(&self) -> usize {
-        self.spares.lock().map(|s| s.len()).unwrap_or(0)
+        self.warm.spares.lock().map(|s| s.len()).unwrap_or(0)
     }
 }
 
@@ -360,53 +364,73 @@ fn env_script(base: &Env, want: &Env) -> Option<String> {
     Some(out)
 }
 
-impl ShellExecutor {
-    /// Start the shell on `script` in the job's workspace, in a process group of its own,
-    /// stdout and stderr on one pipe (whose read end is returned).
-    fn spawn(
-        &self,
-        workdir: &Path,
-        script: Script<'_>,
-        env: &Env,
-    ) -> std::io::Result<(tokio::process::Child, std::io::PipeReader)> {
-        let (reader, writer) = std::io::pipe()?;
-        let writer2 = writer.try_clone()?;
-        let mut cmd = Command::new(&self.shell);
-        if self.bash {
-            cmd.arg("--noprofile").arg("--norc");
-        }
-        let stdin = match script {
-            Script::Inline(text) => {
-                cmd.arg("-c").arg(text).arg(&self.shell);
-                Stdio::null()
-            }
-            Script::File(path) => {
-                cmd.arg(path);
-                Stdio::null()
-            }
-            Script::Stdin => {
-                cmd.arg("-c").arg(WARM_BOOTSTRAP).arg(&self.shell);
-                Stdio::piped()
-            }
-        };
-        // A warm shell may be started before its workspace exists: its script starts
-        // with a `cd` there anyway.
-        if workdir.is_dir() {
-            cmd.current_dir(workdir);
-        }
-        cmd.env_clear()
-            .envs(env)
-            .stdin(stdin)
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer2))
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = cmd.spawn()?;
-        // `cmd` holds the parent's copies of the pipe's write end; it is dropped here, so
-        // the reader sees end-of-file when the job's processes are gone.
-        Ok((child, reader))
+/// Start `shell` on `script` in `workdir`, in a process group of its own, stdout and
+/// stderr on one pipe (whose read end is returned).
+fn spawn_shell(
+    shell: &Path,
+    bash: bool,
+    workdir: &Path,
+    script: Script<'_>,
+    env: &Env,
+) -> std::io::Result<(tokio::process::Child, std::io::PipeReader)> {
+    let (reader, writer) = std::io::pipe()?;
+    let writer2 = writer.try_clone()?;
+    let mut cmd = Command::new(shell);
+    if bash {
+        cmd.arg("--noprofile").arg("--norc");
     }
+    let stdin = match script {
+        Script::Inline(text) => {
+            cmd.arg("-c").arg(text).arg(shell);
+            Stdio::null()
+        }
+        Script::File(path) => {
+            cmd.arg(path);
+            Stdio::null()
+        }
+        Script::Stdin => {
+            cmd.arg("-c").arg(WARM_BOOTSTRAP).arg(shell);
+            Stdio::piped()
+        }
+    };
+    // A warm shell may be started before its workspace exists: its script starts with a
+    // `cd` there anyway.
+    if workdir.is_dir() {
+        cmd.current_dir(workdir);
+    }
+    cmd.env_clear()
+        .envs(env)
+        .stdin(stdin)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2))
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn()?;
+    // `cmd` holds the parent's copies of the pipe's write end; it is dropped here, so the
+    // reader sees end-of-file when the job's processes are gone.
+    Ok((child, reader))
+}
 
+impl Warm {
+    /// Start a warm shell for `workdir` (none when it cannot start: the next job then
+    /// starts its own).
+    fn start(&self, shell: &Path, workdir: &Path) {
+        let Some(env) = self.env.lock().ok().and_then(|e| e.clone()) else {
+            return;
+        };
+        if let Ok((child, output)) = spawn_shell(shell, true, workdir, Script::Stdin, &env) {
+            if let Ok(mut spares) = self.spares.lock() {
+                // Checked under the lock the last job's clearing takes: none is kept once
+                // no job may come for it.
+                if !self.closing.load(Ordering::Acquire) {
+                    spares.insert(workdir.to_path_buf(), Spare { child, output, env });
+                }
+            }
+        }
+    }
+}
+
+impl ShellExecutor {
     /// A new shell for the script: on the command line (`bash -c`), so nothing is written
     /// to disk per job and bash parses a string without the reads and seeks a script file
     /// costs it (`$0` is the shell, as when GitLab Runner pipes the script to bash); in a
@@ -421,7 +445,13 @@ impl ShellExecutor {
         let script_path = self.scripts_dir.join(format!("{tag}.sh"));
         let mut spawned = Err(std::io::Error::from_raw_os_error(libc::E2BIG));
         if script.len() <= MAX_INLINE_SCRIPT {
-            spawned = self.spawn(&job.workdir, Script::Inline(script), env);
+            spawned = spawn_shell(
+                &self.shell,
+                self.bash,
+                &job.workdir,
+                Script::Inline(script),
+                env,
+            );
         }
         if spawned
             .as_ref()
@@ -432,7 +462,13 @@ impl ShellExecutor {
                 .map_err(|e| {
                     format!("cannot write the job script {}: {e}", script_path.display())
                 })?;
-            spawned = self.spawn(&job.workdir, Script::File(&script_path), env);
+            spawned = spawn_shell(
+                &self.shell,
+                self.bash,
+                &job.workdir,
+                Script::File(&script_path),
+                env,
+            );
         }
         spawned.map_err(|e| format!("cannot start {}: {e}", self.shell.display()))
     }
@@ -449,7 +485,7 @@ impl ShellExecutor {
             mut child,
             output,
             env: base,
-        } = self.spares.lock().ok()?.remove(&job.workdir)?;
+        } = self.warm.spares.lock().ok()?.remove(&job.workdir)?;
         if !matches!(child.try_wait(), Ok(None)) {
             return None;
         }
@@ -465,11 +501,12 @@ impl ShellExecutor {
         Some((child, output))
     }
 
-    /// Leave a warm shell ready for the next job in `workdir`, during a run. Once no job
+    /// Leave a warm shell ready for the next job in `workdir`, during a run: started on
+    /// a blocking thread, so the job that just started is watched meanwhile. Once no job
     /// is to start any more, the warm shells left go instead.
     fn replenish(&self, workdir: &Path) {
-        if self.closing.load(Ordering::Acquire) {
-            if let Ok(mut spares) = self.spares.lock() {
+        if self.warm.closing.load(Ordering::Acquire) {
+            if let Ok(mut spares) = self.warm.spares.lock() {
                 spares.clear();
             }
             return;
@@ -477,14 +514,12 @@ impl ShellExecutor {
         if !self.bash {
             return;
         }
-        let Some(env) = self.warm_env.lock().ok().and_then(|e| e.clone()) else {
-            return;
-        };
-        // Without one, the next job starts its shell itself.
-        if let Ok((child, output)) = self.spawn(workdir, Script::Stdin, &env) {
-            if let Ok(mut spares) = self.spares.lock() {
-                spares.insert(workdir.to_path_buf(), Spare { child, output, env });
+        let (warm, shell, dir) = (self.warm.clone(), self.shell.clone(), workdir.to_path_buf());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || warm.start(&shell, &dir));
             }
+            Err(_) => warm.start(&shell, &dir),
         }
     }
 }
@@ -514,17 +549,17 @@ impl Executor for ShellExecutor {
         for (k, v) in shared {
             env.insert(k.into(), v.into());
         }
-        if let Ok(mut w) = self.warm_env.lock() {
+        if let Ok(mut w) = self.warm.env.lock() {
             *w = Some(Arc::new(env));
         }
-        self.closing.store(false, Ordering::Release);
+        self.warm.closing.store(false, Ordering::Release);
         for dir in workdirs {
             self.replenish(dir);
         }
     }
 
     fn no_more_jobs(&self) {
-        self.closing.store(true, Ordering::Release);
+        self.warm.closing.store(true, Ordering::Release);
     }
 
     fn run<'a>(

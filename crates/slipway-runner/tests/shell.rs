@@ -279,8 +279,17 @@ fn warm_executor(dir: &Path, shared: &[(&str, &str)]) -> ShellExecutor {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     exec.expect_jobs(&[dir.to_path_buf()], &shared);
-    assert_eq!(exec.warm_shells(), 1);
+    wait_for_warm(&exec, 1);
     exec
+}
+
+/// Warm shells start on a thread of their own: wait until `n` are ready.
+fn wait_for_warm(exec: &ShellExecutor, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while exec.warm_shells() != n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(exec.warm_shells(), n);
 }
 
 /// Whether the job's shell was a warm one: its `-c` argument is the bootstrap, not the
@@ -323,7 +332,8 @@ async fn warm_shells_keep_job_semantics_and_variables() {
     assert!(!lines.iter().any(|l| l == "never"));
     // Nothing of the script is shown but the commands.
     assert!(!lines.iter().any(|l| l.contains("export")), "{lines:?}");
-    assert_eq!(exec.warm_shells(), 1, "a warm shell waits for the next job");
+    // A warm shell waits for the next job.
+    wait_for_warm(&exec, 1);
     // The next job gets its own new shell, with nothing of the previous job's.
     let job2 = spec(dir.path(), &[WHICH_SHELL, "echo \"${TRICKY-none} $$\""]);
     let (out2, lines2) = run(&exec, &job2).await;
@@ -478,7 +488,7 @@ async fn unused_warm_shells_are_cleaned_up() {
     let other = tempfile::tempdir().expect("tmp");
     let exec = warm_executor(dir.path(), &[]);
     exec.expect_jobs(&[other.path().to_path_buf()], &[]);
-    assert_eq!(exec.warm_shells(), 2);
+    wait_for_warm(&exec, 2);
     exec.no_more_jobs();
     let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
     assert_eq!(out.status, ExecStatus::Success);
