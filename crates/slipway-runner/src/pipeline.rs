@@ -162,7 +162,7 @@ struct Finished {
 }
 
 /// The latest artifacts id of each job name, kept in a small JSON file.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Latest {
     jobs: BTreeMap<String, String>,
 }
@@ -182,6 +182,55 @@ fn write_latest(path: &Path, latest: &Latest) -> std::io::Result<()> {
     }
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Writes the latest-artifacts file on a thread of its own, so a slow file system delays
+/// no job's start; snapshots queued while one is written are coalesced to the newest.
+/// [`LatestWriter::finish`] waits for the last one.
+struct LatestWriter {
+    path: PathBuf,
+    tx: Option<std::sync::mpsc::Sender<Latest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LatestWriter {
+    fn new(path: PathBuf) -> LatestWriter {
+        let (tx, rx) = std::sync::mpsc::channel::<Latest>();
+        let to = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("latest-artifacts".into())
+            .spawn(move || {
+                while let Ok(mut latest) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        latest = newer;
+                    }
+                    let _ = write_latest(&to, &latest);
+                }
+            })
+            .ok();
+        LatestWriter {
+            path,
+            tx: thread.is_some().then_some(tx),
+            thread,
+        }
+    }
+
+    fn save(&self, latest: &Latest) {
+        let queued = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(latest.clone()).is_ok());
+        if !queued {
+            let _ = write_latest(&self.path, latest);
+        }
+    }
+
+    fn finish(mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// An artifacts id for a job of a run: the run id and a file-name-safe job name, cut and
@@ -281,6 +330,7 @@ pub async fn run(
     // run): workspaces then stop following changes, so the end of the run does not
     // wait for the kernel to free their watches.
     let mut no_more_starts = false;
+    let latest_writer = ctx.latest_artifacts.clone().map(LatestWriter::new);
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let (due_tx, mut due_rx) = mpsc::unbounded_channel::<usize>();
     let mut running = 0usize;
@@ -461,8 +511,8 @@ pub async fn run(
                 if let Some(id) = &done.result.artifacts {
                     produced.insert(name.clone(), id.clone());
                     latest.jobs.insert(name.clone(), id.clone());
-                    if let Some(path) = &ctx.latest_artifacts {
-                        let _ = write_latest(path, &latest);
+                    if let Some(w) = &latest_writer {
+                        w.save(&latest);
                     }
                 }
                 dotenvs.insert(name, done.dotenv);
@@ -487,6 +537,9 @@ pub async fn run(
     }
     executors.shell.no_more_jobs();
     executors.container.no_more_jobs();
+    if let Some(w) = latest_writer {
+        job::blocking(|| w.finish());
+    }
     // Closing a workspace's change tracking can wait for the kernel: done aside while
     // the caller reports.
     let _ = std::thread::Builder::new()
