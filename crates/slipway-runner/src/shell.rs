@@ -46,8 +46,8 @@ pub struct ShellExecutor {
 /// The warm shells of an executor (shared with the threads that start them).
 #[derive(Default)]
 struct Warm {
-    /// Waiting for a job, by workspace.
-    spares: Mutex<HashMap<PathBuf, Spare>>,
+    /// Waiting for a job (or still starting), by workspace.
+    spares: Mutex<HashMap<PathBuf, Warming>>,
     /// What they are started with: the machine's environment under the variables every
     /// job of the run has. `None`: no warm shells (outside a run).
     env: Mutex<Option<Arc<Env>>>,
@@ -65,6 +65,16 @@ struct Spare {
     output: std::io::PipeReader,
     /// The environment it was started with.
     env: Arc<Env>,
+}
+
+/// A workspace's next shell: started, or being started on a blocking thread. A job that
+/// comes while its shell is still starting waits for it: the start is under way, and a
+/// new shell instead would cost the same start-up again on the job's path and leave
+/// one shell too many (killed unused).
+enum Warming {
+    Ready(Spare),
+    /// Dropped before it finishes, the shell it makes is dropped with its output (killed).
+    Starting(tokio::task::JoinHandle<Option<Spare>>),
 }
 
 /// What a warm shell runs: its script, read whole from stdin (in blocks: bash reads a
@@ -101,9 +111,20 @@ impl ShellExecutor {
         }
     }
 
-    /// How many warm shells wait for a job (for tests and diagnostics).
+    /// How many warm shells wait for a job, started (for tests and diagnostics).
     pub fn warm_shells(&self) -> usize {
-        self.warm.spares.lock().map(|s| s.len()).unwrap_or(0)
+        self.warm
+            .spares
+            .lock()
+            .map(|s| {
+                s.values()
+                    .filter(|w| match w {
+                        Warming::Ready(_) => true,
+                        Warming::Starting(h) => h.is_finished(),
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -412,21 +433,13 @@ fn spawn_shell(
 }
 
 impl Warm {
-    /// Start a warm shell for `workdir` (none when it cannot start: the next job then
-    /// starts its own).
-    fn start(&self, shell: &Path, workdir: &Path) {
-        let Some(env) = self.env.lock().ok().and_then(|e| e.clone()) else {
-            return;
-        };
-        if let Ok((child, output)) = spawn_shell(shell, true, workdir, Script::Stdin, &env) {
-            if let Ok(mut spares) = self.spares.lock() {
-                // Checked under the lock the last job's clearing takes: none is kept once
-                // no job may come for it.
-                if !self.closing.load(Ordering::Acquire) {
-                    spares.insert(workdir.to_path_buf(), Spare { child, output, env });
-                }
-            }
-        }
+    /// Start a warm shell for `workdir` (none when it cannot start, or when no job may
+    /// come for it any more: the next job then starts its own).
+    fn start(&self, shell: &Path, workdir: &Path) -> Option<Spare> {
+        let env = self.env.lock().ok().and_then(|e| e.clone())?;
+        let (child, output) = spawn_shell(shell, true, workdir, Script::Stdin, &env).ok()?;
+        // Dropped here, it is killed.
+        (!self.closing.load(Ordering::Acquire)).then_some(Spare { child, output, env })
     }
 }
 
@@ -481,11 +494,15 @@ impl ShellExecutor {
         script: &str,
         env: &Env,
     ) -> Option<(tokio::process::Child, std::io::PipeReader)> {
+        let warming = self.warm.spares.lock().ok()?.remove(&job.workdir)?;
         let Spare {
             mut child,
             output,
             env: base,
-        } = self.warm.spares.lock().ok()?.remove(&job.workdir)?;
+        } = match warming {
+            Warming::Ready(spare) => spare,
+            Warming::Starting(handle) => handle.await.ok()??,
+        };
         if !matches!(child.try_wait(), Ok(None)) {
             return None;
         }
@@ -514,12 +531,21 @@ impl ShellExecutor {
         if !self.bash {
             return;
         }
-        let (warm, shell, dir) = (self.warm.clone(), self.shell.clone(), workdir.to_path_buf());
-        match tokio::runtime::Handle::try_current() {
+        let warming = match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn_blocking(move || warm.start(&shell, &dir));
+                let (warm, shell, dir) =
+                    (self.warm.clone(), self.shell.clone(), workdir.to_path_buf());
+                Warming::Starting(rt.spawn_blocking(move || warm.start(&shell, &dir)))
             }
-            Err(_) => warm.start(&shell, &dir),
+            Err(_) => match self.warm.start(&self.shell, workdir) {
+                Some(spare) => Warming::Ready(spare),
+                None => return,
+            },
+        };
+        if let Ok(mut spares) = self.warm.spares.lock() {
+            // A shell this replaces (none in a run: each job takes its workspace's)
+            // is killed.
+            spares.insert(workdir.to_path_buf(), warming);
         }
     }
 }

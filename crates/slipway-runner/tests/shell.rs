@@ -467,6 +467,37 @@ fn shells_in(dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// Jobs that follow each other in a workspace faster than a shell starts still get a
+/// warm shell each: a job whose shell is still starting waits for that one rather than
+/// starting another (which would pay the start-up again and leave a shell unused).
+#[tokio::test]
+async fn a_job_takes_its_warm_shell_while_it_starts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = ShellExecutor::new(&dir.path().join(".scripts"));
+    exec.expect_jobs(&[dir.path().to_path_buf()], &[]);
+    // No waiting for the shell: each job comes right after the previous one started it.
+    for n in 0..5 {
+        let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
+        assert_eq!(out.status, ExecStatus::Success, "{lines:?}");
+        assert_eq!(lines[1], "shell=warm", "job {n}");
+    }
+    exec.no_more_jobs();
+    let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
+    assert_eq!(out.status, ExecStatus::Success);
+    assert_eq!(lines[1], "shell=warm", "the last job");
+    assert_eq!(exec.warm_shells(), 0, "none left after the last job");
+    drop(exec);
+    let mut left = shells_in(dir.path());
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = shells_in(dir.path());
+    }
+    assert!(left.is_empty(), "shells left running: {left:?}");
+}
+
 /// A warm shell no job came for goes with the executor; after `no_more_jobs`, the next
 /// job leaves none behind.
 #[tokio::test]
