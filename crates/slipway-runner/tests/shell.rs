@@ -467,6 +467,19 @@ fn shells_in(dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// The shells still running in `dir` after waiting up to a second for them to go.
+async fn shells_gone_from(dir: &Path) -> Vec<i32> {
+    let mut left = shells_in(dir);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = shells_in(dir);
+    }
+    left
+}
+
 /// Jobs that follow each other in a workspace faster than a shell starts still get a
 /// warm shell each: a job whose shell is still starting waits for that one rather than
 /// starting another (which would pay the start-up again and leave a shell unused).
@@ -487,14 +500,7 @@ async fn a_job_takes_its_warm_shell_while_it_starts() {
     assert_eq!(lines[1], "shell=warm", "the last job");
     assert_eq!(exec.warm_shells(), 0, "none left after the last job");
     drop(exec);
-    let mut left = shells_in(dir.path());
-    for _ in 0..50 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        left = shells_in(dir.path());
-    }
+    let left = shells_gone_from(dir.path()).await;
     assert!(left.is_empty(), "shells left running: {left:?}");
 }
 
@@ -506,14 +512,7 @@ async fn unused_warm_shells_are_cleaned_up() {
     let exec = warm_executor(dir.path(), &[]);
     assert_eq!(shells_in(dir.path()).len(), 1, "the warm shell is running");
     drop(exec);
-    let mut left = shells_in(dir.path());
-    for _ in 0..50 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        left = shells_in(dir.path());
-    }
+    let left = shells_gone_from(dir.path()).await;
     assert!(left.is_empty(), "warm shells left running: {left:?}");
 
     let other = tempfile::tempdir().expect("tmp");
