@@ -16,6 +16,7 @@ pub struct Repo {
     pub root: PathBuf,
     pub is_git: bool,
     files: OnceLock<Vec<String>>,
+    listed: OnceLock<Vec<String>>,
     dirs: Option<GitDirs>,
 }
 
@@ -38,6 +39,7 @@ impl Repo {
                 root: d.root.clone(),
                 is_git: true,
                 files: OnceLock::new(),
+                listed: OnceLock::new(),
                 dirs: Some(d),
             };
         }
@@ -46,12 +48,14 @@ impl Repo {
                 root: PathBuf::from(root),
                 is_git: true,
                 files: OnceLock::new(),
+                listed: OnceLock::new(),
                 dirs: None,
             },
             None => Repo {
                 root: dir.to_path_buf(),
                 is_git: false,
                 files: OnceLock::new(),
+                listed: OnceLock::new(),
                 dirs: None,
             },
         }
@@ -167,6 +171,21 @@ impl Repo {
     /// them, relative to the root.
     pub fn files(&self) -> &[String] {
         self.files.get_or_init(|| {
+            let mut v = self.listed().to_vec();
+            if self.is_git {
+                // Deleted-but-tracked files are listed by --cached; keep only what exists.
+                v.retain(|f| self.root.join(f).exists());
+            }
+            v
+        })
+    }
+
+    /// What git lists as the working tree's files (tracked, including those deleted but
+    /// not staged as deleted, plus untracked files that are not ignored), sorted; without
+    /// git, every file below the root. [`Repo::files`] is this without the deleted ones;
+    /// a caller that reads every file's metadata anyway (`Source::scan`) drops those itself.
+    pub fn listed(&self) -> &[String] {
+        self.listed.get_or_init(|| {
             if let Some(out) = self.git(&[
                 "ls-files",
                 "-z",
@@ -181,8 +200,6 @@ impl Repo {
                     .collect();
                 v.sort();
                 v.dedup();
-                // Deleted-but-tracked files are listed by --cached; keep only what exists.
-                v.retain(|f| self.root.join(f).exists());
                 v
             } else {
                 let mut v = Vec::new();

@@ -239,16 +239,18 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
             if !snap.files.iter().any(|f| f == &path) {
                 return Err(format!("{path}: no such pipeline file in commit {sha}"));
             }
-            let source = Source::new(snap.root.clone(), snap.files.clone());
+            let source = Source::scan(snap.root.clone(), snap.files.clone());
             (Box::new(snap), source, Some(sha))
         }
         None => {
-            let source = Source::new(repo.root.clone(), repo.files().to_vec());
+            // One read of every file's metadata: it drops files deleted in the working
+            // tree and serves each workspace's first comparison.
+            let source = Source::scan(repo.root.clone(), repo.listed().to_vec());
             let head = repo.head_sha();
             (
                 Box::new(Snapshot {
                     root: repo.root.clone(),
-                    files: repo.files().to_vec(),
+                    files: source.files().to_vec(),
                 }),
                 source,
                 head,
@@ -389,8 +391,12 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
                 }
             }
         });
-        runner::run(ctx, executors, observer, cancel).await
-    });
+        // The loop runs on the runtime's workers, next to the jobs: a finished job's
+        // message and the next job's start stay on one thread instead of waking another.
+        tokio::spawn(runner::run(ctx, executors, observer, cancel))
+            .await
+            .map_err(|e| format!("the run stopped unexpectedly: {e}"))
+    })?;
     console.summary(&result, &logs_dir);
     if let Some(report) = &args.report {
         slipway_runner::report::write(report, &result).map_err(|e| e.to_string())?;

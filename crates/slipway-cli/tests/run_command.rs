@@ -933,11 +933,82 @@ next:
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!Path::new(&format!("/proc/{child_pid}")).exists());
+    // Nor is any shell started ahead of a job left behind.
+    assert_no_process_in(p.data.path());
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(report).expect("report")).expect("json");
     assert_eq!(report["status"], "canceled");
     assert_eq!(status_of(&report, "long"), "canceled");
     assert_eq!(status_of(&report, "next"), "canceled");
+}
+
+/// Processes (other than zombies) whose working directory is inside `dir`.
+fn processes_in(dir: &Path) -> Vec<(i32, String)> {
+    let dir = dir.canonicalize().expect("dir");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .unwrap_or("");
+        if state == "Z" {
+            continue;
+        }
+        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(&dir)) {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+fn assert_no_process_in(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = processes_in(dir);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = processes_in(dir);
+    }
+    assert!(
+        left.is_empty(),
+        "processes left in {}: {left:?}",
+        dir.display()
+    );
+}
+
+/// Shells started ahead of jobs (one per workspace while a run lasts) serve the jobs
+/// and none outlives the run, whichever workspace it waited in.
+#[test]
+fn no_shell_outlives_the_run() {
+    let p = Project::new(&[(
+        ".gitlab-ci.yml",
+        "\
+stages: [build, test]
+build:
+  stage: build
+  script: [echo built]
+test:
+  stage: test
+  parallel: 5
+  script:
+    - echo \"test $CI_NODE_INDEX in $CI_CONCURRENT_ID\"
+",
+    )]);
+    let (run, report) = p.report(&[]);
+    run.ok();
+    assert_eq!(report["status"], "success", "{}", run.all());
+    for i in 1..=5 {
+        assert!(
+            log_of(&report, &format!("test {i}/5")).contains(&format!("test {i} in ")),
+            "{}",
+            run.all()
+        );
+    }
+    assert_no_process_in(p.data.path());
 }
 
 /// A reader that goes away (`slipway run | head -1`) does not stop the pipeline, and the

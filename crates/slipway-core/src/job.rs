@@ -141,7 +141,7 @@ pub fn environment(parts: &EnvironmentParts<'_>) -> Vec<(String, String)> {
     for (k, v) in parts.predefined {
         set.insert(Variable::raw(k.clone(), v.clone()));
     }
-    set.extend(&variables::job_variables(parts.pipeline, parts.job));
+    set.append(variables::job_variables(parts.pipeline, parts.job));
     if let Some(id) = parts.concurrent_id {
         set.set("CI_CONCURRENT_ID", &id.to_string());
         set.set("CI_CONCURRENT_PROJECT_ID", &id.to_string());

@@ -225,9 +225,13 @@ pub fn decide(plan: &Plan, statuses: &[JobStatus], job: usize) -> Decision {
     if statuses[job] != JobStatus::Created {
         return Decision::Wait;
     }
-    let preds = predecessors(plan, job);
+    decide_after(plan, statuses, job, &predecessors(plan, job))
+}
+
+/// [`decide`] for a `Created` job whose predecessors are `preds`.
+fn decide_after(plan: &Plan, statuses: &[JobStatus], job: usize, preds: &[usize]) -> Decision {
     let needs_mode = plan.jobs[job].needs.is_some();
-    let up = upstream(plan, statuses, &preds, needs_mode);
+    let up = upstream(plan, statuses, preds, needs_mode);
     let when = plan.jobs[job].when;
     match (up, when) {
         (Upstream::NotDone, _) => Decision::Wait,
@@ -246,6 +250,93 @@ pub fn decide(plan: &Plan, statuses: &[JobStatus], job: usize) -> Decision {
 /// Apply every decision that can be made now, repeatedly (a skip can unblock others).
 /// Returns the indices of jobs that became pending, so the caller can start them.
 pub fn advance(plan: &Plan, statuses: &mut [JobStatus]) -> Vec<usize> {
+    Graph::new(plan).advance(plan, statuses)
+}
+
+/// Who waits for whom in a plan, worked out once: a caller that advances the same plan
+/// after every finished job ([`Graph::advance`]) then does not look every job's `needs`
+/// up by name each time.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    preds: Vec<Preds>,
+    /// Job indices ordered by stage: a job without `needs` waits for a prefix of it.
+    by_stage: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Preds {
+    /// The jobs its `needs` name.
+    Needs(Vec<usize>),
+    /// Every job of an earlier stage: `by_stage[..n]`.
+    EarlierStages(usize),
+}
+
+impl Graph {
+    pub fn new(plan: &Plan) -> Graph {
+        let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, j) in plan.jobs.iter().enumerate() {
+            first.entry(j.name.as_str()).or_insert(i);
+        }
+        let mut by_stage: Vec<usize> = (0..plan.jobs.len()).collect();
+        by_stage.sort_by_key(|&i| plan.jobs[i].stage_index);
+        let preds = plan
+            .jobs
+            .iter()
+            .map(|j| match &j.needs {
+                Some(needs) => Preds::Needs(
+                    needs
+                        .iter()
+                        .filter_map(|n| first.get(n.job.as_str()).copied())
+                        .collect(),
+                ),
+                None => Preds::EarlierStages(
+                    by_stage.partition_point(|&i| plan.jobs[i].stage_index < j.stage_index),
+                ),
+            })
+            .collect();
+        Graph { preds, by_stage }
+    }
+
+    /// The jobs `job` waits for (the same set as [`predecessors`]).
+    fn preds(&self, job: usize) -> &[usize] {
+        match &self.preds[job] {
+            Preds::Needs(v) => v,
+            Preds::EarlierStages(n) => &self.by_stage[..*n],
+        }
+    }
+
+    /// [`advance`] for the plan this graph was made from.
+    pub fn advance(&self, plan: &Plan, statuses: &mut [JobStatus]) -> Vec<usize> {
+        let mut started = Vec::new();
+        loop {
+            let mut changed = false;
+            for i in 0..plan.jobs.len() {
+                if statuses[i] != JobStatus::Created {
+                    continue;
+                }
+                let next = match decide_after(plan, statuses, i, self.preds(i)) {
+                    Decision::Wait => continue,
+                    Decision::Start => {
+                        started.push(i);
+                        JobStatus::Pending
+                    }
+                    Decision::Skip => JobStatus::Skipped,
+                    Decision::AwaitPlay => JobStatus::Manual,
+                    Decision::Schedule => JobStatus::Scheduled,
+                };
+                statuses[i] = next;
+                changed = true;
+            }
+            if !changed {
+                return started;
+            }
+        }
+    }
+}
+
+/// The original, job-by-job form of [`Graph::advance`], kept to check it against.
+#[cfg(test)]
+fn advance_by_lookup(plan: &Plan, statuses: &mut [JobStatus]) -> Vec<usize> {
     let mut started = Vec::new();
     loop {
         let mut changed = false;
@@ -406,6 +497,74 @@ mod tests {
         }
         settle(plan, &mut st);
         st
+    }
+
+    /// The precomputed graph decides exactly as looking every job up does, over many
+    /// generated plans (stages, needs, missing needs, every `when`, allowed failures)
+    /// and outcomes.
+    #[test]
+    fn graph_advances_like_the_lookup() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n.max(1)
+        };
+        let whens = [
+            When::OnSuccess,
+            When::OnSuccess,
+            When::OnFailure,
+            When::Always,
+            When::Manual,
+            When::Delayed,
+            When::Never,
+        ];
+        for _ in 0..300 {
+            let n = 1 + next(12) as usize;
+            let names: Vec<String> = (0..n).map(|i| format!("j{i}")).collect();
+            let mut jobs = Vec::new();
+            for i in 0..n {
+                let needs: Option<Vec<&str>> = (next(3) == 0).then(|| {
+                    (0..next(3))
+                        .map(|_| {
+                            if next(5) == 0 {
+                                "missing"
+                            } else {
+                                names[next(n as u64) as usize].as_str()
+                            }
+                        })
+                        .collect()
+                });
+                jobs.push(job(
+                    &names[i],
+                    next(4) as usize,
+                    whens[next(whens.len() as u64) as usize],
+                    next(3) == 0,
+                    needs.as_deref(),
+                ));
+            }
+            let p = plan(jobs);
+            let graph = Graph::new(&p);
+            let mut a = vec![JobStatus::Created; n];
+            let mut b = a.clone();
+            for _ in 0..(3 * n) {
+                assert_eq!(graph.advance(&p, &mut a), advance_by_lookup(&p, &mut b));
+                assert_eq!(a, b);
+                // Finish, play or fire some of what waits.
+                for st in a.iter_mut() {
+                    let roll = next(4);
+                    *st = match (*st, roll) {
+                        (JobStatus::Pending | JobStatus::Scheduled, 0) => JobStatus::Success,
+                        (JobStatus::Pending | JobStatus::Scheduled, 1) => JobStatus::Failed,
+                        (JobStatus::Pending, 2) => JobStatus::Canceled,
+                        (JobStatus::Manual, 0) => JobStatus::Success,
+                        (s, _) => s,
+                    };
+                }
+                b.clone_from(&a);
+            }
+        }
     }
 
     #[test]

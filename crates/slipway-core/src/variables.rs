@@ -435,6 +435,11 @@ impl VariableSet {
         self.definitions.extend(other.definitions.iter().cloned());
     }
 
+    /// [`VariableSet::extend`], taking `other`'s definitions instead of copying them.
+    pub fn append(&mut self, mut other: VariableSet) {
+        self.definitions.append(&mut other.definitions);
+    }
+
     /// The definitions in force, one per key, in the order each key was first inserted.
     pub fn iter(&self) -> impl Iterator<Item = &Variable> {
         self.effective_indices()
@@ -500,13 +505,21 @@ impl VariableSet {
     pub fn resolve(&self, file_dir: Option<&str>) -> Vec<Variable> {
         let sent = server_pass(&self.definitions, ServerExpansion::FOR_RUNNER)
             .unwrap_or_else(|_| self.definitions.clone());
-        let expanded = runner_pass(&sent, file_dir);
-        let mut in_force: HashMap<&str, &Variable> = HashMap::new();
-        for v in &expanded {
-            in_force.insert(v.key.as_str(), v);
-        }
-        self.iter()
-            .filter_map(|d| in_force.get(d.key.as_str()).map(|v| (*v).clone()))
+        let expanded = runner_pass(sent, file_dir);
+        // Each key's last expanded definition, in the order the keys were first set.
+        let picked: Vec<usize> = {
+            let mut in_force: HashMap<&str, usize> = HashMap::new();
+            for (i, v) in expanded.iter().enumerate() {
+                in_force.insert(v.key.as_str(), i);
+            }
+            self.iter()
+                .filter_map(|d| in_force.get(d.key.as_str()).copied())
+                .collect()
+        };
+        let mut slots: Vec<Option<Variable>> = expanded.into_iter().map(Some).collect();
+        picked
+            .into_iter()
+            .filter_map(|i| slots.get_mut(i).and_then(Option::take))
             .collect()
     }
 
@@ -707,33 +720,36 @@ fn server_pass(
 }
 
 /// The runner step: `Variables#Expand`, one pass against the values as received.
-fn runner_pass(list: &[Variable], file_dir: Option<&str>) -> Vec<Variable> {
-    let mut last: HashMap<&str, &Variable> = HashMap::new();
-    for v in list {
-        last.insert(v.key.as_str(), v);
-    }
-    let mut mapping = |name: &str| -> String {
-        if let Some(fixed) = runner_special(name) {
-            return fixed.to_string();
+fn runner_pass(mut list: Vec<Variable>, file_dir: Option<&str>) -> Vec<Variable> {
+    let values: Vec<Option<String>> = {
+        let mut last: HashMap<&str, &Variable> = HashMap::new();
+        for v in &list {
+            last.insert(v.key.as_str(), v);
         }
-        match last.get(name) {
-            Some(v) if v.file => match file_dir {
-                Some(dir) => file_path(dir, &v.key),
-                None => v.value.clone(),
-            },
-            Some(v) => v.value.clone(),
-            None => String::new(),
-        }
-    };
-    list.iter()
-        .map(|v| {
-            let mut v = v.clone();
-            if v.expand {
-                v.value = os_expand(&v.value, &mut mapping);
+        let mut mapping = |name: &str| -> String {
+            if let Some(fixed) = runner_special(name) {
+                return fixed.to_string();
             }
-            v
-        })
-        .collect()
+            match last.get(name) {
+                Some(v) if v.file => match file_dir {
+                    Some(dir) => file_path(dir, &v.key),
+                    None => v.value.clone(),
+                },
+                Some(v) => v.value.clone(),
+                None => String::new(),
+            }
+        };
+        list.iter()
+            // Without a `$` there is nothing to expand.
+            .map(|v| (v.expand && v.value.contains('$')).then(|| os_expand(&v.value, &mut mapping)))
+            .collect()
+    };
+    for (v, value) in list.iter_mut().zip(values) {
+        if let Some(value) = value {
+            v.value = value;
+        }
+    }
+    list
 }
 
 fn file_path(dir: &str, key: &str) -> String {

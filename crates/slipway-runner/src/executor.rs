@@ -60,4 +60,15 @@ pub trait Executor: Send + Sync {
         log: Arc<LogSink>,
         cancel: CancellationToken,
     ) -> ExecFuture<'a>;
+
+    /// A run's jobs are about to start in `workdirs` (one job at a time in each), and
+    /// every one of them has the variables `shared` with these values: an executor may
+    /// get ready for them ahead of time (the shell executor starts shells).
+    fn expect_jobs(&self, workdirs: &[PathBuf], shared: &[(String, String)]) {
+        let _ = (workdirs, shared);
+    }
+
+    /// No job will start any more in this run: nothing more is made ready (what was is
+    /// let go when the executor is dropped, or used by a job that comes anyway).
+    fn no_more_jobs(&self) {}
 }

@@ -115,29 +115,24 @@ struct ResolvedCache {
     when: String,
 }
 
-/// Run one attempt of a job.
-pub async fn run_attempt(a: Attempt<'_>) -> AttemptResult {
+/// The steps before the scripts, in GitLab Runner's order: the dependencies' manifests
+/// (a missing one fails the job before anything runs), cache keys, the workspace reset,
+/// caches restored, artifacts laid over. `Err`: the attempt ends here with that result.
+fn before_scripts(a: &mut Attempt<'_>) -> Result<Ready, Box<AttemptResult>> {
     let log = a.log;
-    let lookup = |name: &str| {
-        a.variables
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let expand = |s: &str| slipway_core::variables::expand(s, &lookup);
+    let expand = |s: &str| slipway_core::variables::expand(s, &|n| lookup(a.variables, n));
 
     // The dependencies' manifests first: a missing one fails the job before anything runs.
     let mut sets = Vec::with_capacity(a.dependencies.len());
     for d in a.dependencies {
-        match blocking(|| a.store.load_artifacts(&d.artifacts)) {
+        match a.store.load_artifacts(&d.artifacts) {
             Ok(set) => sets.push(set),
             Err(e) => {
                 log.system(&format!(
                     "ERROR: the artifacts of {} cannot be found: {e}",
                     d.job
                 ));
-                return AttemptResult::failed(MISSING_DEPENDENCY);
+                return Err(Box::new(AttemptResult::failed(MISSING_DEPENDENCY)));
             }
         }
     }
@@ -149,12 +144,16 @@ pub async fn run_attempt(a: Attempt<'_>) -> AttemptResult {
             Ok(p) => p,
             Err(e) => {
                 log.system(&format!("ERROR: cache {i}: {e}"));
-                return AttemptResult::failed(reason::SCRIPT_FAILURE);
+                return Err(Box::new(AttemptResult::failed(reason::SCRIPT_FAILURE)));
             }
         };
-        let key = blocking(|| cache_key_in(c, i, a.source.root(), Some(a.source.files()), &expand));
-        let fallback =
-            rules::fallback_keys(c, &key, &expand, lookup("CACHE_FALLBACK_KEY").as_deref());
+        let key = cache_key_in(c, i, a.source.root(), Some(a.source.files()), &expand);
+        let fallback = rules::fallback_keys(
+            c,
+            &key,
+            &expand,
+            lookup(a.variables, "CACHE_FALLBACK_KEY").as_deref(),
+        );
         caches.push(ResolvedCache {
             key,
             fallback,
@@ -168,37 +167,38 @@ pub async fn run_attempt(a: Attempt<'_>) -> AttemptResult {
     // The workspace: exactly the source's files, then the caches, then the artifacts,
     // in GitLab Runner's order.
     let set_refs: Vec<&ArtifactSet> = sets.iter().collect();
-    let prepared = blocking(|| {
-        a.workspace
-            .prepare_with(a.source, a.git, &set_refs, Some(a.store), |dir| {
-                let mut lines = Vec::new();
-                for c in caches.iter().filter(|c| c.policy.restores()) {
-                    lines.push(format!("Checking cache for {}...", c.key));
-                    lines.push(match a.store.restore_cache(&c.key, &c.fallback, dir) {
-                        Ok(Some(k)) if k == c.key => format!("Restored cache {k}"),
-                        Ok(Some(k)) => format!("Restored cache {k} (fallback key)"),
-                        Ok(None) => format!(
-                            "No cache found for {}{}",
-                            c.key,
-                            if c.fallback.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" nor for {}", c.fallback.join(", "))
-                            }
-                        ),
-                        // As GitLab Runner: a cache that cannot be restored does not fail
-                        // the job.
-                        Err(e) => format!("WARNING: restoring cache {} failed: {e}", c.key),
-                    });
-                }
-                lines
-            })
-    });
+    let prepared = a
+        .workspace
+        .prepare_with(a.source, a.git, &set_refs, Some(a.store), |dir| {
+            let mut lines = Vec::new();
+            for c in caches.iter().filter(|c| c.policy.restores()) {
+                lines.push(format!("Checking cache for {}...", c.key));
+                lines.push(match a.store.restore_cache(&c.key, &c.fallback, dir) {
+                    Ok(Some(k)) if k == c.key => format!("Restored cache {k}"),
+                    Ok(Some(k)) => format!("Restored cache {k} (fallback key)"),
+                    Ok(None) => format!(
+                        "No cache found for {}{}",
+                        c.key,
+                        if c.fallback.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" nor for {}", c.fallback.join(", "))
+                        }
+                    ),
+                    // As GitLab Runner: a cache that cannot be restored does not fail
+                    // the job.
+                    Err(e) => format!("WARNING: restoring cache {} failed: {e}", c.key),
+                });
+            }
+            lines
+        });
     let (workspace, cache_lines, laying) = match prepared {
         Ok(x) => x,
         Err(e) => {
             log.system(&format!("ERROR: preparing the workspace failed: {e}"));
-            return AttemptResult::failed(reason::RUNNER_SYSTEM_FAILURE);
+            return Err(Box::new(AttemptResult::failed(
+                reason::RUNNER_SYSTEM_FAILURE,
+            )));
         }
     };
     let workdir = a.workspace.dir().to_path_buf();
@@ -219,6 +219,47 @@ pub async fn run_attempt(a: Attempt<'_>) -> AttemptResult {
             if n == 1 { "" } else { "s" }
         ));
     }
+    Ok(Ready {
+        caches,
+        workspace,
+        laying,
+        workdir,
+    })
+}
+
+/// What the steps before the scripts leave for the rest of the attempt.
+struct Ready {
+    caches: Vec<ResolvedCache>,
+    workspace: SyncStats,
+    laying: Laying,
+    workdir: std::path::PathBuf,
+}
+
+/// The job's variable `name` as the job sees it.
+fn lookup(variables: &[(String, String)], name: &str) -> Option<String> {
+    variables
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Run one attempt of a job.
+pub async fn run_attempt(mut a: Attempt<'_>) -> AttemptResult {
+    // Everything before the scripts is file work, done in one stretch off the runtime
+    // (one hand-over of the worker, not one per step).
+    let ready = match blocking(|| before_scripts(&mut a)) {
+        Ok(r) => r,
+        Err(failed) => return *failed,
+    };
+    let log = a.log;
+    let expand = |s: &str| slipway_core::variables::expand(s, &|n| lookup(a.variables, n));
+    let Ready {
+        caches,
+        workspace,
+        laying,
+        workdir,
+    } = ready;
     // 4. The scripts.
     let spec = JobSpec {
         name: a.name.to_string(),

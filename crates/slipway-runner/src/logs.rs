@@ -136,10 +136,16 @@ impl LogSink {
         masker: Masker,
         listener: Option<Box<dyn LineListener>>,
     ) -> std::io::Result<LogSink> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = File::create(path)?;
+        // The directory usually exists (a pipeline's logs share one): made only if not.
+        let file = match File::create(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                File::create(path)?
+            }
+            other => other?,
+        };
         Ok(LogSink {
             masker,
             listener,

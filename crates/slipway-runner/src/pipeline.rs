@@ -19,7 +19,7 @@ use slipway_core::schedule::{self, JobStatus, PipelineStatus};
 use slipway_core::variables::{EnvironmentContext, JobContext, JobRun, PipelineContext};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -157,10 +157,12 @@ struct Finished {
     index: usize,
     result: JobResult,
     dotenv: Vec<(String, String)>,
+    /// The workspace the job ran in, back to the free ones.
+    slot: Option<(usize, Workspace)>,
 }
 
 /// The latest artifacts id of each job name, kept in a small JSON file.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Latest {
     jobs: BTreeMap<String, String>,
 }
@@ -182,6 +184,55 @@ fn write_latest(path: &Path, latest: &Latest) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Writes the latest-artifacts file on a thread of its own, so a slow file system delays
+/// no job's start; snapshots queued while one is written are coalesced to the newest.
+/// [`LatestWriter::finish`] waits for the last one.
+struct LatestWriter {
+    path: PathBuf,
+    tx: Option<std::sync::mpsc::Sender<Latest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LatestWriter {
+    fn new(path: PathBuf) -> LatestWriter {
+        let (tx, rx) = std::sync::mpsc::channel::<Latest>();
+        let to = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("latest-artifacts".into())
+            .spawn(move || {
+                while let Ok(mut latest) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        latest = newer;
+                    }
+                    let _ = write_latest(&to, &latest);
+                }
+            })
+            .ok();
+        LatestWriter {
+            path,
+            tx: thread.is_some().then_some(tx),
+            thread,
+        }
+    }
+
+    fn save(&self, latest: &Latest) {
+        let queued = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(latest.clone()).is_ok());
+        if !queued {
+            let _ = write_latest(&self.path, latest);
+        }
+    }
+
+    fn finish(mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// An artifacts id for a job of a run: the run id and a file-name-safe job name, cut and
 /// hashed when long.
 pub fn artifacts_id(run_id: &str, job: &str) -> String {
@@ -199,9 +250,6 @@ pub fn artifacts_id(run_id: &str, job: &str) -> String {
     let cut: String = id.chars().take(120).collect();
     format!("{cut}-{:08x}", h >> 32)
 }
-
-/// The free workspaces, by slot; a running job takes one out and puts it back.
-type Slots = Mutex<Vec<Option<(usize, Workspace)>>>;
 
 /// Run the plan to the end (or until `cancel`).
 pub async fn run(
@@ -229,8 +277,33 @@ pub async fn run(
     }
     // allow_failure can turn true after the fact (allow_failure:exit_codes).
     let mut live_plan = ctx.plan.clone();
+    let graph = schedule::Graph::new(&live_plan);
+    let in_run: HashSet<String> = live_plan.jobs.iter().map(|j| j.name.clone()).collect();
     let mut workspaces = std::mem::take(&mut ctx.workspaces);
     let limit = ctx.concurrency.max(1).min(workspaces.len().max(1));
+    // Shells can start ahead of the jobs: with what every job of the run has (the
+    // pipeline's predefined variables, --secret and --variable are taken as written, so
+    // their values are the same for every job unless a job overrides them), started now
+    // so their start-up overlaps the workspaces' preparation.
+    let workdirs: Vec<PathBuf> = workspaces
+        .iter()
+        .map(|(_, ws)| ws.dir().to_path_buf())
+        .collect();
+    let shared: Vec<(String, String)> = ctx
+        .predefined
+        .iter()
+        .chain(&ctx.secrets)
+        .chain(&ctx.variables)
+        .cloned()
+        .collect();
+    let shell_jobs = ctx
+        .plan
+        .jobs
+        .iter()
+        .any(|pj| !executors.uses_container(&ctx.pipeline.jobs[pj.definition]));
+    if shell_jobs {
+        executors.shell.expect_jobs(&workdirs, &shared);
+    }
     // Bring every workspace up to date at once, a thread each, while nothing else runs:
     // each slot's first job then pays only for what changed since (changes are tracked),
     // instead of a full comparison in the middle of the pipeline.
@@ -247,8 +320,17 @@ pub async fn run(
             })
         });
     }
+    // One automaton for the run's secrets, shared by every job's log.
+    let masker = Arc::new(Masker::new(ctx.secrets.iter().map(|(_, v)| v.as_str())));
     let ctx = Arc::new(ctx);
-    let slots: Arc<Slots> = Arc::new(Mutex::new(workspaces.into_iter().map(Some).collect()));
+    // The free workspaces, by slot: a job takes the first free one and gives it back
+    // when it finishes.
+    let mut slots: Vec<Option<(usize, Workspace)>> = workspaces.into_iter().map(Some).collect();
+    // Set once no job can start any more (every job has started, finished or will not
+    // run): workspaces then stop following changes, so the end of the run does not
+    // wait for the kernel to free their watches.
+    let mut no_more_starts = false;
+    let latest_writer = ctx.latest_artifacts.clone().map(LatestWriter::new);
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let (due_tx, mut due_rx) = mpsc::unbounded_channel::<usize>();
     let mut running = 0usize;
@@ -259,7 +341,7 @@ pub async fn run(
 
     loop {
         if !canceled {
-            queue.extend(schedule::advance(&live_plan, &mut statuses));
+            queue.extend(graph.advance(&live_plan, &mut statuses));
             for (i, pj) in live_plan.jobs.iter().enumerate() {
                 match statuses[i] {
                     // Manual jobs asked for are played as soon as they may be.
@@ -311,14 +393,14 @@ pub async fn run(
                     result: &r,
                 });
                 results[i] = Some(r);
-                queue.extend(schedule::advance(&live_plan, &mut statuses));
+                queue.extend(graph.advance(&live_plan, &mut statuses));
                 continue;
             }
             statuses[i] = JobStatus::Running;
             running += 1;
             let mut deps = Vec::new();
             for d in &pj.dependencies {
-                let in_run = live_plan.jobs.iter().any(|j| &j.name == d);
+                let in_run = in_run.contains(d);
                 let id = if in_run {
                     produced.get(d).cloned()
                 } else {
@@ -343,22 +425,38 @@ pub async fn run(
                 .cloned()
                 .collect();
             let manual = played.contains(&i);
+            let mut slot = slots.iter_mut().find_map(|x| x.take());
+            let last_to_start = queue.is_empty()
+                && !statuses.iter().any(|s| {
+                    matches!(
+                        s,
+                        JobStatus::Created | JobStatus::Pending | JobStatus::Scheduled
+                    )
+                });
+            if last_to_start && !no_more_starts {
+                no_more_starts = true;
+                executors.shell.no_more_jobs();
+                executors.container.no_more_jobs();
+                if let Some((_, ws)) = &mut slot {
+                    ws.stop_tracking_after_prepare();
+                }
+                for (_, ws) in slots.iter_mut().flatten() {
+                    ws.stop_tracking();
+                }
+            }
             let ctx2 = ctx.clone();
+            let masker2 = masker.clone();
             let exec = executors.clone();
             let obs = observer.clone();
             let tx2 = tx.clone();
             let c = cancel.clone();
-            let slots2 = slots.clone();
             let plan_job = live_plan.jobs[i].clone();
             tokio::spawn(async move {
-                let slot = slots2
-                    .lock()
-                    .ok()
-                    .and_then(|mut s| s.iter_mut().find_map(|x| x.take()));
                 let (result, dotenv, slot) = match slot {
                     Some((id, mut ws)) => {
                         let (r, d) = run_job(JobInput {
                             ctx: &ctx2,
+                            masker: &masker2,
                             index: i,
                             plan_job: &plan_job,
                             slot: id,
@@ -380,15 +478,11 @@ pub async fn run(
                         (r, Vec::new(), None)
                     }
                 };
-                if let (Some(slot), Ok(mut s)) = (slot, slots2.lock()) {
-                    if let Some(free) = s.iter_mut().find(|x| x.is_none()) {
-                        *free = Some(slot);
-                    }
-                }
                 let _ = tx2.send(Finished {
                     index: i,
                     result,
                     dotenv,
+                    slot,
                 });
             });
         }
@@ -399,6 +493,14 @@ pub async fn run(
         tokio::select! {
             Some(done) = rx.recv() => {
                 running -= 1;
+                if let Some((id, mut ws)) = done.slot {
+                    if no_more_starts {
+                        ws.stop_tracking();
+                    }
+                    if let Some(free) = slots.iter_mut().find(|x| x.is_none()) {
+                        *free = Some((id, ws));
+                    }
+                }
                 let i = done.index;
                 statuses[i] = done.result.status;
                 if done.result.allow_failure {
@@ -409,8 +511,8 @@ pub async fn run(
                 if let Some(id) = &done.result.artifacts {
                     produced.insert(name.clone(), id.clone());
                     latest.jobs.insert(name.clone(), id.clone());
-                    if let Some(path) = &ctx.latest_artifacts {
-                        let _ = write_latest(path, &latest);
+                    if let Some(w) = &latest_writer {
+                        w.save(&latest);
                     }
                 }
                 dotenvs.insert(name, done.dotenv);
@@ -433,6 +535,16 @@ pub async fn run(
             }
         }
     }
+    executors.shell.no_more_jobs();
+    executors.container.no_more_jobs();
+    if let Some(w) = latest_writer {
+        job::blocking(|| w.finish());
+    }
+    // Closing a workspace's change tracking can wait for the kernel: done aside while
+    // the caller reports.
+    let _ = std::thread::Builder::new()
+        .name("workspace-drop".into())
+        .spawn(move || drop(slots));
     schedule::settle(&live_plan, &mut statuses);
     // `statuses` is authoritative: a finished job's status was copied there.
     let jobs: Vec<JobResult> = (0..n)
@@ -471,6 +583,8 @@ fn placeholder(plan: &Plan, i: usize) -> JobResult {
 
 struct JobInput<'a> {
     ctx: &'a RunContext,
+    /// The run's secrets, masked in every log.
+    masker: &'a Masker,
     index: usize,
     plan_job: &'a slipway_core::plan::PlannedJob,
     slot: usize,
@@ -533,6 +647,7 @@ pub fn iso8601(t: SystemTime) -> String {
 async fn run_job(input: JobInput<'_>) -> (JobResult, Vec<(String, String)>) {
     let JobInput {
         ctx,
+        masker,
         index: i,
         plan_job: pj,
         slot,
@@ -561,13 +676,12 @@ async fn run_job(input: JobInput<'_>) -> (JobResult, Vec<(String, String)>) {
         container,
         log_path: Some(log_path.clone()),
     };
-    let masker = Masker::new(ctx.secrets.iter().map(|(_, v)| v.as_str()));
     let listener = Box::new(Forward {
         index: i,
         name: pj.name.clone(),
         observer: observer.clone(),
     });
-    let log = match LogSink::to_file(&log_path, masker, Some(listener)) {
+    let log = match LogSink::to_file(&log_path, masker.clone(), Some(listener)) {
         Ok(l) => Arc::new(l),
         Err(e) => {
             observer(Event::JobLine {

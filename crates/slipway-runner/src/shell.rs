@@ -3,18 +3,33 @@
 //! every command echoed as `$ command`, the first failing command fails the job with its
 //! exit code, `after_script` in a new shell with `CI_JOB_STATUS`. The job runs in its
 //! own process group so a timeout or cancel stops everything it started.
+//!
+//! Between [`Executor::expect_jobs`] and [`Executor::no_more_jobs`] (a pipeline run),
+//! bash is started ahead of the next job in each workspace ("warm" shells): while a job
+//! runs, the next job's shell is already past its start-up, blocked reading stdin. The
+//! next job hands it its script through that pipe (never on disk); the job-specific
+//! variables travel in the script as `export` lines, as GitLab Runner's shell executor
+//! sends them. Each job still gets a new bash process of its own; only the start-up is
+//! overlapped with the previous job.
 
 use crate::executor::{ExecFuture, ExecOutcome, ExecStatus, Executor, JobSpec};
 use crate::logs::LogSink;
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 /// How long a stopped job gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
+/// The longest script passed as an argument: Linux takes at most 128 KiB per argument
+/// (`MAX_ARG_STRLEN`), and the environment shares the 2 MiB or so left for both.
+const MAX_INLINE_SCRIPT: usize = 96 * 1024;
 /// How long to keep reading output after the script ended (a stray background process
 /// may hold the pipe open).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -25,22 +40,57 @@ pub struct ShellExecutor {
     /// Where generated scripts are written (outside the workspace, so artifacts and
     /// `git status` never see them).
     scripts_dir: PathBuf,
+    warm: Arc<Warm>,
 }
+
+/// The warm shells of an executor (shared with the threads that start them).
+#[derive(Default)]
+struct Warm {
+    /// Waiting for a job (or still starting), by workspace.
+    spares: Mutex<HashMap<PathBuf, Warming>>,
+    /// What they are started with: the machine's environment under the variables every
+    /// job of the run has. `None`: no warm shells (outside a run).
+    env: Mutex<Option<Arc<Env>>>,
+    /// Set by [`Executor::no_more_jobs`]: warm shells used are not replaced.
+    closing: AtomicBool,
+}
+
+/// An environment: each variable once.
+type Env = HashMap<OsString, OsString>;
+
+/// A bash started ahead of a job, blocked reading its script from stdin. Dropped unused,
+/// it is killed (`kill_on_drop`: it has started nothing else) and reaped by the runtime.
+struct Spare {
+    child: tokio::process::Child,
+    output: std::io::PipeReader,
+    /// The environment it was started with.
+    env: Arc<Env>,
+}
+
+/// A workspace's next shell: started, or being started on a blocking thread. A job that
+/// comes while its shell is still starting waits for it: the start is under way, and a
+/// new shell instead would cost the same start-up again on the job's path and leave
+/// one shell too many (killed unused).
+enum Warming {
+    Ready(Spare),
+    /// Dropped before it finishes, the shell it makes is dropped with its output (killed).
+    Starting(tokio::task::JoinHandle<Option<Spare>>),
+}
+
+/// What a warm shell runs: its script, read whole from stdin (in blocks: bash reads a
+/// pipe given as its script one byte at a time), then run as `bash -c` would run it.
+const WARM_BOOTSTRAP: &str = r#"eval "$(</dev/stdin)""#;
 
 impl ShellExecutor {
     /// Uses bash when it is on the PATH, sh otherwise.
     pub fn new(scripts_dir: &Path) -> ShellExecutor {
         match find_in_path("bash") {
-            Some(bash) => ShellExecutor {
-                shell: bash,
-                bash: true,
-                scripts_dir: scripts_dir.to_path_buf(),
-            },
-            None => ShellExecutor {
-                shell: find_in_path("sh").unwrap_or_else(|| PathBuf::from("/bin/sh")),
-                bash: false,
-                scripts_dir: scripts_dir.to_path_buf(),
-            },
+            Some(bash) => ShellExecutor::make(bash, true, scripts_dir),
+            None => ShellExecutor::make(
+                find_in_path("sh").unwrap_or_else(|| PathBuf::from("/bin/sh")),
+                false,
+                scripts_dir,
+            ),
         }
     }
 
@@ -49,11 +99,32 @@ impl ShellExecutor {
         let bash = shell
             .file_name()
             .is_some_and(|n| n.to_string_lossy().contains("bash"));
+        ShellExecutor::make(shell.to_path_buf(), bash, scripts_dir)
+    }
+
+    fn make(shell: PathBuf, bash: bool, scripts_dir: &Path) -> ShellExecutor {
         ShellExecutor {
-            shell: shell.to_path_buf(),
+            shell,
             bash,
             scripts_dir: scripts_dir.to_path_buf(),
+            warm: Arc::new(Warm::default()),
         }
+    }
+
+    /// How many warm shells wait for a job, started (for tests and diagnostics).
+    pub fn warm_shells(&self) -> usize {
+        self.warm
+            .spares
+            .lock()
+            .map(|s| {
+                s.values()
+                    .filter(|w| match w {
+                        Warming::Ready(_) => true,
+                        Warming::Starting(h) => h.is_finished(),
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -113,7 +184,8 @@ impl Output {
         let fd: std::os::fd::OwnedFd = reader.into();
         Ok(Output {
             rx: tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?,
-            buf: vec![0u8; 64 * 1024],
+            // Filled without being zeroed first (`read_buf`): most jobs print a few lines.
+            buf: Vec::with_capacity(64 * 1024),
             eof: false,
         })
     }
@@ -121,9 +193,10 @@ impl Output {
     /// Read what is there (waiting for it) and pass it to the log.
     async fn pump(&mut self, log: &LogSink) {
         use tokio::io::AsyncReadExt;
-        match self.rx.read(&mut self.buf).await {
+        self.buf.clear();
+        match self.rx.read_buf(&mut self.buf).await {
             Ok(0) | Err(_) => self.eof = true,
-            Ok(n) => log.write(&self.buf[..n]),
+            Ok(_) => log.write(&self.buf),
         }
     }
 }
@@ -135,6 +208,8 @@ struct Phase<'a> {
     timeout: Duration,
     cancel: &'a CancellationToken,
     tag: &'a str,
+    /// May run in a warm shell (and leaves one ready for the workspace's next job).
+    warm: bool,
 }
 
 enum Ended {
@@ -152,59 +227,25 @@ impl ShellExecutor {
             timeout,
             cancel,
             tag,
+            warm,
         } = phase;
-        let script_path = self.scripts_dir.join(format!("{tag}.sh"));
-        if let Err(e) = std::fs::create_dir_all(&self.scripts_dir).and_then(|_| {
-            std::fs::write(
-                &script_path,
-                render_script(commands, self.bash, &job.workdir),
-            )
-        }) {
-            return Ended::SpawnFailed(format!(
-                "cannot write the job script {}: {e}",
-                script_path.display()
-            ));
+        let script = render_script(commands, self.bash, &job.workdir);
+        let env = job_env(job, extra_env);
+        let mut started = None;
+        if warm {
+            started = self.start_warm(job, &script, &env).await;
         }
-        let (reader, writer) = match std::io::pipe() {
-            Ok(p) => p,
-            Err(e) => return Ended::SpawnFailed(format!("cannot create an output pipe: {e}")),
+        let started = match started {
+            Some(s) => Ok(s),
+            None => self.start_cold(job, &script, &env, tag),
         };
-        let writer2 = match writer.try_clone() {
-            Ok(w) => w,
-            Err(e) => return Ended::SpawnFailed(format!("cannot create an output pipe: {e}")),
+        if warm {
+            self.replenish(&job.workdir);
+        }
+        let (mut child, reader) = match started {
+            Ok(x) => x,
+            Err(e) => return Ended::SpawnFailed(e),
         };
-        let mut cmd = Command::new(&self.shell);
-        if self.bash {
-            cmd.arg("--noprofile").arg("--norc");
-        }
-        cmd.arg(&script_path)
-            .current_dir(&job.workdir)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer2))
-            .process_group(0)
-            .kill_on_drop(true);
-        // The job sees the machine's environment (PATH, HOME...) under its own variables,
-        // as a shell runner does.
-        for (k, v) in std::env::vars_os() {
-            cmd.env(k, v);
-        }
-        for (k, v) in &job.variables {
-            cmd.env(k, v);
-        }
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                return Ended::SpawnFailed(format!("cannot start {}: {e}", self.shell.display()))
-            }
-        };
-        // `cmd` holds the parent's copies of the pipe's write end: drop them so the reader
-        // sees end-of-file when the job's processes are gone.
-        drop(cmd);
         let pgid = child.id().map(|id| id as i32);
         // The output is read here, on the runtime, as it comes (no thread per job).
         let mut out = match Output::new(reader) {
@@ -258,6 +299,257 @@ impl ShellExecutor {
     }
 }
 
+/// Where a shell finds its script.
+enum Script<'a> {
+    Inline(&'a str),
+    File(&'a Path),
+    /// Read from stdin (a warm shell).
+    Stdin,
+}
+
+/// The job's environment: the machine's (PATH, HOME...) under the job's variables (later
+/// ones win), as a shell runner gives it.
+fn job_env(job: &JobSpec, extra_env: &[(&str, &str)]) -> Env {
+    let mut env: Env = std::env::vars_os().collect();
+    for (k, v) in &job.variables {
+        env.insert(k.into(), v.into());
+    }
+    for (k, v) in extra_env {
+        env.insert(k.into(), v.into());
+    }
+    env
+}
+
+/// Whether `key` can be given to a running bash with `export`/`unset` and mean what it
+/// would mean in its environment from the start: a plain name, and not one bash reads
+/// only when it starts, keeps read-only, or computes.
+fn exportable(key: &str) -> bool {
+    let mut chars = key.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    plain
+        && !key.starts_with("BASH")
+        && !matches!(
+            key,
+            "SHELLOPTS"
+                | "POSIXLY_CORRECT"
+                | "ENV"
+                | "IFS"
+                | "PS4"
+                | "UID"
+                | "EUID"
+                | "PPID"
+                | "SHLVL"
+                | "PWD"
+                | "OLDPWD"
+                | "GROUPS"
+                | "RANDOM"
+                | "SRANDOM"
+                | "SECONDS"
+                | "LINENO"
+                | "EPOCHSECONDS"
+                | "EPOCHREALTIME"
+                | "HISTCMD"
+                | "FUNCNAME"
+                | "DIRSTACK"
+                | "PIPESTATUS"
+                | "OPTIND"
+                | "OPTARG"
+        )
+}
+
+/// The lines that turn a shell started with `base` into one with `want`, or `None` when
+/// a difference cannot be made that way.
+fn env_script(base: &Env, want: &Env) -> Option<String> {
+    let mut out = String::new();
+    for (k, v) in want {
+        if base.get(k) != Some(v) {
+            let (k, v) = (k.to_str()?, v.to_str()?);
+            if !exportable(k) {
+                return None;
+            }
+            out.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        }
+    }
+    for k in base.keys() {
+        if !want.contains_key(k) {
+            let k = k.to_str()?;
+            if !exportable(k) {
+                return None;
+            }
+            out.push_str(&format!("unset {k}\n"));
+        }
+    }
+    Some(out)
+}
+
+/// Start `shell` on `script` in `workdir`, in a process group of its own, stdout and
+/// stderr on one pipe (whose read end is returned).
+fn spawn_shell(
+    shell: &Path,
+    bash: bool,
+    workdir: &Path,
+    script: Script<'_>,
+    env: &Env,
+) -> std::io::Result<(tokio::process::Child, std::io::PipeReader)> {
+    let (reader, writer) = std::io::pipe()?;
+    let writer2 = writer.try_clone()?;
+    let mut cmd = Command::new(shell);
+    if bash {
+        cmd.arg("--noprofile").arg("--norc");
+    }
+    let stdin = match script {
+        Script::Inline(text) => {
+            cmd.arg("-c").arg(text).arg(shell);
+            Stdio::null()
+        }
+        Script::File(path) => {
+            cmd.arg(path);
+            Stdio::null()
+        }
+        Script::Stdin => {
+            cmd.arg("-c").arg(WARM_BOOTSTRAP).arg(shell);
+            Stdio::piped()
+        }
+    };
+    // A warm shell may be started before its workspace exists: its script starts with a
+    // `cd` there anyway.
+    if workdir.is_dir() {
+        cmd.current_dir(workdir);
+    }
+    cmd.env_clear()
+        .envs(env)
+        .stdin(stdin)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2))
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn()?;
+    // `cmd` holds the parent's copies of the pipe's write end; it is dropped here, so the
+    // reader sees end-of-file when the job's processes are gone.
+    Ok((child, reader))
+}
+
+impl Warm {
+    /// Start a warm shell for `workdir` (none when it cannot start, or when no job may
+    /// come for it any more: the next job then starts its own).
+    fn start(&self, shell: &Path, workdir: &Path) -> Option<Spare> {
+        let env = self.env.lock().ok().and_then(|e| e.clone())?;
+        let (child, output) = spawn_shell(shell, true, workdir, Script::Stdin, &env).ok()?;
+        // Dropped here, it is killed.
+        (!self.closing.load(Ordering::Acquire)).then_some(Spare { child, output, env })
+    }
+}
+
+impl ShellExecutor {
+    /// A new shell for the script: on the command line (`bash -c`), so nothing is written
+    /// to disk per job and bash parses a string without the reads and seeks a script file
+    /// costs it (`$0` is the shell, as when GitLab Runner pipes the script to bash); in a
+    /// file when too long for one argument or for what the environment leaves.
+    fn start_cold(
+        &self,
+        job: &JobSpec,
+        script: &str,
+        env: &Env,
+        tag: &str,
+    ) -> Result<(tokio::process::Child, std::io::PipeReader), String> {
+        let script_path = self.scripts_dir.join(format!("{tag}.sh"));
+        let mut spawned = Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+        if script.len() <= MAX_INLINE_SCRIPT {
+            spawned = spawn_shell(
+                &self.shell,
+                self.bash,
+                &job.workdir,
+                Script::Inline(script),
+                env,
+            );
+        }
+        if spawned
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::E2BIG))
+        {
+            std::fs::create_dir_all(&self.scripts_dir)
+                .and_then(|_| std::fs::write(&script_path, script))
+                .map_err(|e| {
+                    format!("cannot write the job script {}: {e}", script_path.display())
+                })?;
+            spawned = spawn_shell(
+                &self.shell,
+                self.bash,
+                &job.workdir,
+                Script::File(&script_path),
+                env,
+            );
+        }
+        spawned.map_err(|e| format!("cannot start {}: {e}", self.shell.display()))
+    }
+
+    /// The workspace's warm shell, given the script (the job's own variables first),
+    /// when there is one that is still waiting and the variables can be given that way.
+    async fn start_warm(
+        &self,
+        job: &JobSpec,
+        script: &str,
+        env: &Env,
+    ) -> Option<(tokio::process::Child, std::io::PipeReader)> {
+        let warming = self.warm.spares.lock().ok()?.remove(&job.workdir)?;
+        let Spare {
+            mut child,
+            output,
+            env: base,
+        } = match warming {
+            Warming::Ready(spare) => spare,
+            Warming::Starting(handle) => handle.await.ok()??,
+        };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return None;
+        }
+        let mut text = env_script(&base, env)?;
+        text.push_str(script);
+        let mut stdin = child.stdin.take()?;
+        if stdin.write_all(text.as_bytes()).await.is_err() {
+            // It went away; the job starts in a new shell instead.
+            return None;
+        }
+        // End of file: the shell runs what it read.
+        drop(stdin);
+        Some((child, output))
+    }
+
+    /// Leave a warm shell ready for the next job in `workdir`, during a run: started on
+    /// a blocking thread, so the job that just started is watched meanwhile. Once no job
+    /// is to start any more, the warm shells left go instead.
+    fn replenish(&self, workdir: &Path) {
+        if self.warm.closing.load(Ordering::Acquire) {
+            if let Ok(mut spares) = self.warm.spares.lock() {
+                spares.clear();
+            }
+            return;
+        }
+        if !self.bash {
+            return;
+        }
+        let warming = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (warm, shell, dir) =
+                    (self.warm.clone(), self.shell.clone(), workdir.to_path_buf());
+                Warming::Starting(rt.spawn_blocking(move || warm.start(&shell, &dir)))
+            }
+            Err(_) => match self.warm.start(&self.shell, workdir) {
+                Some(spare) => Warming::Ready(spare),
+                None => return,
+            },
+        };
+        if let Ok(mut spares) = self.warm.spares.lock() {
+            // A shell this replaces (none in a run: each job takes its workspace's)
+            // is killed.
+            spares.insert(workdir.to_path_buf(), warming);
+        }
+    }
+}
+
 fn kill_group(pgid: i32, signal: i32) {
     if pgid > 0 {
         // SAFETY: kill(2) with a negative pid signals a process group we created; it has no
@@ -274,6 +566,28 @@ fn exit_code(status: &std::process::ExitStatus) -> Option<i32> {
 }
 
 impl Executor for ShellExecutor {
+    fn expect_jobs(&self, workdirs: &[PathBuf], shared: &[(String, String)]) {
+        if !self.bash {
+            // The bootstrap is bash's.
+            return;
+        }
+        let mut env: Env = std::env::vars_os().collect();
+        for (k, v) in shared {
+            env.insert(k.into(), v.into());
+        }
+        if let Ok(mut w) = self.warm.env.lock() {
+            *w = Some(Arc::new(env));
+        }
+        self.warm.closing.store(false, Ordering::Release);
+        for dir in workdirs {
+            self.replenish(dir);
+        }
+    }
+
+    fn no_more_jobs(&self) {
+        self.warm.closing.store(true, Ordering::Release);
+    }
+
     fn run<'a>(
         &'a self,
         job: &'a JobSpec,
@@ -300,6 +614,7 @@ impl Executor for ShellExecutor {
                         timeout: job.timeout,
                         cancel: &cancel,
                         tag: &format!("{tag}-script"),
+                        warm: true,
                     },
                     &log,
                 )
@@ -331,6 +646,7 @@ impl Executor for ShellExecutor {
                             timeout: job.after_script_timeout,
                             cancel: &CancellationToken::new(),
                             tag: &format!("{tag}-after"),
+                            warm: false,
                         },
                         &log,
                     )

@@ -32,6 +32,125 @@ pub struct Source {
     files: Vec<String>,
     /// Every directory that holds a file of the source, relative.
     dirs: HashSet<String>,
+    /// Each file's metadata as [`Source::scan`] read it, in `files` order (`None`: read
+    /// when a workspace is compared).
+    stamps: Option<Vec<Stamp>>,
+}
+
+/// What a comparison needs of a file's metadata: a copy is up to date when its stamp
+/// equals the source's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    kind: Kind,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    /// Permission bits only (`& 0o7777`).
+    mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Symlink,
+    /// A directory, FIFO, socket or device: not copied.
+    Other,
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        let ft = m.file_type();
+        Stamp {
+            kind: if ft.is_symlink() {
+                Kind::Symlink
+            } else if ft.is_file() {
+                Kind::File
+            } else {
+                Kind::Other
+            },
+            len: m.len(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            mode: m.mode() & 0o7777,
+        }
+    }
+
+    // `stat`'s field types differ between platforms: the casts are no-ops on Linux only.
+    #[allow(clippy::unnecessary_cast)]
+    fn of_stat(st: &libc::stat) -> Stamp {
+        let fmt = st.st_mode & libc::S_IFMT;
+        Stamp {
+            kind: if fmt == libc::S_IFLNK {
+                Kind::Symlink
+            } else if fmt == libc::S_IFREG {
+                Kind::File
+            } else {
+                Kind::Other
+            },
+            len: st.st_size as u64,
+            mtime: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as i64,
+            mode: (st.st_mode & 0o7777) as u32,
+        }
+    }
+
+    fn modified(&self) -> std::time::SystemTime {
+        let since = std::time::Duration::new(
+            self.mtime.unsigned_abs(),
+            self.mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
+        if self.mtime >= 0 {
+            std::time::UNIX_EPOCH + since
+        } else {
+            std::time::UNIX_EPOCH - since
+        }
+    }
+}
+
+/// The stamp of `name` in the directory `dir` (not following a symlink), by a lookup
+/// relative to the open directory: the path is not walked again for every file.
+fn stamp_at(dir: &fs::File, name: &str) -> Option<Stamp> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a descriptor we hold open, a NUL-terminated name, and a buffer of the type
+    // fstatat fills.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: fstatat returned 0, so it filled the buffer.
+    Some(Stamp::of_stat(unsafe { &st.assume_init() }))
+}
+
+/// The stamps of `files` (sorted, relative to `root`), `None` for those not there.
+fn stamps_of(root: &Path, files: &[String]) -> Vec<Option<Stamp>> {
+    let mut out = Vec::with_capacity(files.len());
+    let mut dir: Option<(&str, Option<fs::File>)> = None;
+    for f in files {
+        let (parent, name) = f.rsplit_once('/').unwrap_or(("", f.as_str()));
+        if dir.as_ref().is_none_or(|(d, _)| *d != parent) {
+            let path = if parent.is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(parent)
+            };
+            dir = Some((parent, fs::File::open(path).ok()));
+        }
+        out.push(
+            dir.as_ref()
+                .and_then(|(_, d)| d.as_ref())
+                .and_then(|d| stamp_at(d, name)),
+        );
+    }
+    out
 }
 
 impl Source {
@@ -65,7 +184,46 @@ impl Source {
             root: root.into(),
             files,
             dirs,
+            stamps: None,
         }
+    }
+
+    /// [`Source::new`], reading every file's metadata once (on as many threads as there
+    /// are cores) so each workspace's first comparison reads only its own side. Files
+    /// listed but not there (deleted in the working tree) are left out.
+    pub fn scan(root: impl Into<PathBuf>, files: impl IntoIterator<Item = String>) -> Source {
+        let listed = Source::new(root, files);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+            .min(listed.files.len() / 512 + 1);
+        let chunk = listed.files.len().div_ceil(threads).max(1);
+        let root = listed.root.as_path();
+        let stamps: Vec<Option<Stamp>> = std::thread::scope(|s| {
+            let parts: Vec<_> = listed
+                .files
+                .chunks(chunk)
+                .map(|part| s.spawn(move || stamps_of(root, part)))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        if stamps.len() != listed.files.len() {
+            // A scanning thread panicked: compare without the snapshot.
+            return listed;
+        }
+        let (files, stamps): (Vec<String>, Vec<Stamp>) = listed
+            .files
+            .into_iter()
+            .zip(stamps)
+            .filter_map(|(f, st)| st.map(|st| (f, st)))
+            .unzip();
+        let mut scanned = Source::new(listed.root, files);
+        scanned.stamps = Some(stamps);
+        scanned
     }
 
     pub fn root(&self) -> &Path {
@@ -78,17 +236,17 @@ impl Source {
     }
 
     fn is_file(&self, rel: &str) -> bool {
-        self.files.binary_search_by(|f| f.as_str().cmp(rel)).is_ok()
+        self.index_of(rel).is_some()
     }
 
-    fn is_dir(&self, rel: &str) -> bool {
-        rel.is_empty() || self.dirs.contains(rel)
+    fn index_of(&self, rel: &str) -> Option<usize> {
+        self.files.binary_search_by(|f| f.as_str().cmp(rel)).ok()
     }
 
-    /// The files below directory `rel` (`""`: all of them).
-    fn files_under<'a>(&'a self, rel: &str) -> &'a [String] {
+    /// The positions in `files` of the files below directory `rel` (`""`: all of them).
+    fn range_under(&self, rel: &str) -> std::ops::Range<usize> {
         if rel.is_empty() {
-            return &self.files;
+            return 0..self.files.len();
         }
         let prefix = format!("{rel}/");
         let start = self.files.partition_point(|f| f.as_str() < prefix.as_str());
@@ -96,7 +254,11 @@ impl Source {
             .iter()
             .take_while(|f| f.starts_with(&prefix))
             .count();
-        &self.files[start..start + len]
+        start..start + len
+    }
+
+    fn is_dir(&self, rel: &str) -> bool {
+        rel.is_empty() || self.dirs.contains(rel)
     }
 
     /// The directories below `rel` (and `rel` itself), for watching.
@@ -131,51 +293,141 @@ pub fn sync(source: &Source, dest: &Path, keep: &[&str]) -> io::Result<SyncStats
     Ok(stats)
 }
 
-/// [`sync`] restricted to the directory `rel` of the workspace.
+/// [`sync`] restricted to the directory `rel` of the workspace: one walk of the
+/// workspace (each entry's metadata read relative to its open directory) finds what is up
+/// to date and deletes what the source lacks; then what is missing or differs is copied.
 fn sync_under(source: &Source, dest: &Path, rel: &str, keep: &[&str]) -> io::Result<SyncStats> {
     let mut stats = SyncStats::default();
-    let files = source.files_under(rel);
-    let mut wanted: HashSet<&str> = HashSet::with_capacity(files.len() * 2);
-    let mut made_dirs: HashSet<PathBuf> = HashSet::new();
-    if !rel.is_empty() {
-        ensure_dir(&dest.join(rel))?;
-    }
-    for f in files {
-        let rel_path = Path::new(f.as_str());
-        let src = source.root.join(rel_path);
-        let Ok(meta) = fs::symlink_metadata(&src) else {
-            // Listed but gone (deleted in the working tree): the workspace lacks it too.
-            continue;
-        };
-        let target = dest.join(rel_path);
-        let mut at = f.as_str();
-        while let Some((parent, _)) = at.rsplit_once('/') {
-            if !wanted.insert(parent) {
-                break;
-            }
-            at = parent;
-        }
-        wanted.insert(f.as_str());
-        if let Some(parent) = target.parent() {
-            if !made_dirs.contains(parent) {
-                ensure_dir(parent)?;
-                made_dirs.insert(parent.to_path_buf());
-            }
-        }
-        if up_to_date(&src, &meta, &target) {
-            stats.unchanged += 1;
-            continue;
-        }
-        copy_entry(&src, &meta, &target)?;
-        stats.copied += 1;
-    }
+    let range = source.range_under(rel);
+    let stamps: std::borrow::Cow<'_, [Option<Stamp>]> = match &source.stamps {
+        Some(all) => all[range.clone()].iter().map(|s| Some(*s)).collect(),
+        None => stamps_of(&source.root, &source.files[range.clone()]).into(),
+    };
     let start = if rel.is_empty() {
         dest.to_path_buf()
     } else {
+        ensure_dir(&dest.join(rel))?;
         dest.join(rel)
     };
-    stats.removed = prune(dest, &start, &wanted, keep)?;
+    let mut walk = Walk {
+        source,
+        base: range.start,
+        stamps: &stamps,
+        fresh: vec![false; range.len()],
+        keep,
+        removed: 0,
+        rel: rel.to_string(),
+    };
+    walk.dir(&start, true)?;
+    stats.removed = walk.removed;
+    let mut made: Option<PathBuf> = None;
+    for (k, f) in source.files[range].iter().enumerate() {
+        if walk.fresh[k] {
+            stats.unchanged += 1;
+            continue;
+        }
+        if stamps[k].is_none() {
+            // Listed but gone (deleted in the working tree): the workspace lacks it too.
+            continue;
+        }
+        // The copy takes the file as it is now, with its current metadata.
+        let src = source.root.join(f);
+        let Ok(meta) = fs::symlink_metadata(&src) else {
+            continue;
+        };
+        let target = dest.join(f);
+        if let Some(parent) = target.parent() {
+            if made.as_deref() != Some(parent) {
+                ensure_dir(parent)?;
+                made = Some(parent.to_path_buf());
+            }
+        }
+        copy_entry(&src, &Stamp::of(&meta), &target)?;
+        stats.copied += 1;
+    }
     Ok(stats)
+}
+
+/// One comparison walk over a workspace directory tree.
+struct Walk<'a> {
+    source: &'a Source,
+    /// Position in `source.files` of `stamps[0]` and `fresh[0]`.
+    base: usize,
+    stamps: &'a [Option<Stamp>],
+    /// Which of the files are in place and up to date.
+    fresh: Vec<bool>,
+    /// Top-level entries left alone.
+    keep: &'a [&'a str],
+    removed: usize,
+    /// The directory being walked, relative to the workspace root.
+    rel: String,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path, top: bool) -> io::Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => return Err(annotate(e, dir)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| annotate(e, dir))?;
+            let name = entry.file_name();
+            if top && self.keep.iter().any(|k| name == *k) {
+                continue;
+            }
+            let at = self.rel.len();
+            // A name the source cannot hold (not UTF-8) is not one of its files.
+            let wanted = match name.to_str() {
+                Some(n) => {
+                    if !self.rel.is_empty() {
+                        self.rel.push('/');
+                    }
+                    self.rel.push_str(n);
+                    true
+                }
+                None => false,
+            };
+            let ft = entry.file_type().map_err(|e| annotate(e, &entry.path()))?;
+            let index = if wanted {
+                self.source.index_of(&self.rel)
+            } else {
+                None
+            };
+            if wanted && ft.is_dir() && self.source.is_dir(&self.rel) {
+                self.dir(&entry.path(), false)?;
+            } else if let Some(i) = index.filter(|i| self.stamps[i - self.base].is_some()) {
+                let k = i - self.base;
+                self.fresh[k] = self.stamps[k].is_some_and(|src| self.up_to_date(&src, &entry));
+            } else {
+                let path = entry.path();
+                if ft.is_dir() {
+                    make_writable(&path);
+                    fs::remove_dir_all(&path).map_err(|e| annotate(e, &path))?;
+                } else {
+                    fs::remove_file(&path).map_err(|e| annotate(e, &path))?;
+                }
+                self.removed += 1;
+            }
+            self.rel.truncate(at);
+        }
+        Ok(())
+    }
+
+    fn up_to_date(&self, src: &Stamp, entry: &fs::DirEntry) -> bool {
+        let Ok(m) = entry.metadata() else {
+            return false;
+        };
+        let t = Stamp::of(&m);
+        match src.kind {
+            Kind::Symlink => {
+                t.kind == Kind::Symlink
+                    && fs::read_link(entry.path()).ok()
+                        == fs::read_link(self.source.root.join(&self.rel)).ok()
+            }
+            Kind::File => t == *src,
+            Kind::Other => false,
+        }
+    }
 }
 
 /// The repository's git data, so workspaces can show the commit being built.
@@ -200,6 +452,11 @@ pub struct Workspace {
     /// The artifacts laid over the source by the last [`Workspace::prepare_with`], by
     /// path, as long as nothing touched them since.
     overlay: BTreeMap<String, Laid>,
+    /// Trackers no longer used, their watches removed, closed when the workspace is
+    /// dropped (by then the kernel has freed the watches, so closing does not wait).
+    retired: Vec<Tracker>,
+    /// Stop tracking after the next prepare: no further reset is expected.
+    last_use: bool,
     /// Paths written since the last reset that the tracker no longer reports (drained
     /// while laying artifacts): the next reset fixes them.
     pending: BTreeSet<String>,
@@ -239,6 +496,8 @@ impl Workspace {
         Workspace {
             dir: dir.into(),
             tracker: None,
+            retired: Vec::new(),
+            last_use: false,
             trusted: false,
             git_state: None,
             overlay: BTreeMap::new(),
@@ -248,6 +507,23 @@ impl Workspace {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Stop following changes: no further reset is expected in this process (one would
+    /// compare every file). The kernel then frees the watches while the last jobs run,
+    /// so dropping the workspace at the end does not wait for that.
+    pub fn stop_tracking(&mut self) {
+        if let Some(mut t) = self.tracker.take() {
+            t.retire();
+            self.retired.push(t);
+        }
+        self.trusted = false;
+    }
+
+    /// Stop following changes right after the next prepare (the job about to run is
+    /// the last one this workspace is expected to see).
+    pub fn stop_tracking_after_prepare(&mut self) {
+        self.last_use = true;
     }
 
     /// Reset the workspace to exactly the source's files and give it a fresh `.git`
@@ -343,8 +619,7 @@ impl Workspace {
                         .map(|(p, _)| p)
                         .collect();
                     if !dirs.iter().all(|d| t.watch(&self.dir, d)) {
-                        self.tracker = None;
-                        self.trusted = false;
+                        self.stop_tracking();
                     }
                 }
                 if let Some(t) = &mut self.tracker {
@@ -365,6 +640,9 @@ impl Workspace {
                     }
                 }
             }
+        }
+        if std::mem::take(&mut self.last_use) {
+            self.stop_tracking();
         }
         Ok((stats, r, laying))
     }
@@ -399,8 +677,7 @@ impl Workspace {
                 if let Some(t) = &mut self.tracker {
                     let watched = GIT_DIRS.iter().all(|d| t.watch(&self.dir, d));
                     if !watched {
-                        self.tracker = None;
-                        self.trusted = false;
+                        self.stop_tracking();
                     }
                 }
             }
@@ -440,7 +717,7 @@ impl Workspace {
             if source.is_file(&path) {
                 let src = source.root.join(&path);
                 match fs::symlink_metadata(&src) {
-                    Ok(meta) => copy_entry(&src, &meta, &target)?,
+                    Ok(meta) => copy_entry(&src, &Stamp::of(&meta), &target)?,
                     Err(_) => {
                         if fs::symlink_metadata(&target).is_ok() {
                             remove_path(&target)?;
@@ -474,12 +751,13 @@ impl Workspace {
         self.pending.clear();
         let stats = sync(source, &self.dir, &[".git"])?;
         // Watch every directory of the checkout; any refusal means no tracking.
+        self.stop_tracking();
         self.tracker = Tracker::new();
         if let Some(t) = &mut self.tracker {
             self.trusted = source.dirs_under("").iter().all(|d| t.watch(&self.dir, d));
         }
         if !self.trusted {
-            self.tracker = None;
+            self.stop_tracking();
         }
         Ok(stats)
     }
@@ -514,7 +792,7 @@ impl Workspace {
                 let src = source.root.join(&p);
                 match fs::symlink_metadata(&src) {
                     Ok(meta) => {
-                        copy_entry(&src, &meta, &target)?;
+                        copy_entry(&src, &Stamp::of(&meta), &target)?;
                         stats.copied += 1;
                     }
                     Err(_) => {
@@ -536,8 +814,7 @@ impl Workspace {
                 let watched = source.dirs_under(&p).iter().all(|d| t.watch(&self.dir, d));
                 if !watched {
                     // Reset is done; only the tracking is lost.
-                    self.tracker = None;
-                    self.trusted = false;
+                    self.stop_tracking();
                     return Ok(Some(stats));
                 }
             } else if fs::symlink_metadata(&target).is_ok() {
@@ -656,81 +933,35 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-fn up_to_date(src_path: &Path, src: &fs::Metadata, target: &Path) -> bool {
-    let Ok(t) = fs::symlink_metadata(target) else {
-        return false;
-    };
-    if src.file_type().is_symlink() {
-        return t.file_type().is_symlink()
-            && fs::read_link(target).ok() == fs::read_link(src_path).ok();
-    }
-    t.is_file()
-        && t.len() == src.len()
-        && t.mtime() == src.mtime()
-        && t.mtime_nsec() == src.mtime_nsec()
-        && t.mode() & 0o7777 == src.mode() & 0o7777
-}
-
-fn copy_entry(src: &Path, meta: &fs::Metadata, target: &Path) -> io::Result<()> {
+fn copy_entry(src: &Path, stamp: &Stamp, target: &Path) -> io::Result<()> {
     if let Ok(t) = fs::symlink_metadata(target) {
         // A plain file of the workspace's own is rewritten in place (cheaper than a new
         // file); anything else goes first, so nothing is written through a symlink or a
         // hard link the job made to a file elsewhere.
-        let reusable = meta.is_file() && t.is_file() && t.nlink() == 1 && t.mode() & 0o200 != 0;
+        let reusable =
+            stamp.kind == Kind::File && t.is_file() && t.nlink() == 1 && t.mode() & 0o200 != 0;
         if !reusable {
             remove_path(target)?;
         }
     }
-    if meta.file_type().is_symlink() {
-        let link = fs::read_link(src).map_err(|e| annotate(e, src))?;
-        std::os::unix::fs::symlink(&link, target).map_err(|e| annotate(e, target))?;
-        return Ok(());
-    }
-    if !meta.is_file() {
-        return Ok(());
+    match stamp.kind {
+        Kind::Symlink => {
+            let link = fs::read_link(src).map_err(|e| annotate(e, src))?;
+            std::os::unix::fs::symlink(&link, target).map_err(|e| annotate(e, target))?;
+            return Ok(());
+        }
+        Kind::Other => return Ok(()),
+        Kind::File => {}
     }
     // std's copy uses copy_file_range (a reflink on file systems that have them).
     fs::copy(src, target).map_err(|e| annotate(e, src))?;
-    fs::set_permissions(target, fs::Permissions::from_mode(meta.mode() & 0o7777))
+    fs::set_permissions(target, fs::Permissions::from_mode(stamp.mode))
         .map_err(|e| annotate(e, target))?;
-    let mtime = meta.modified().map_err(|e| annotate(e, src))?;
     // Read-only is enough for the owner to set times (the copy may be read-only).
     let f = fs::File::open(target).map_err(|e| annotate(e, target))?;
-    f.set_modified(mtime).map_err(|e| annotate(e, target))?;
+    f.set_modified(stamp.modified())
+        .map_err(|e| annotate(e, target))?;
     Ok(())
-}
-
-/// Delete what the source does not have, below `dir`. Returns the number of entries removed.
-fn prune(root: &Path, dir: &Path, wanted: &HashSet<&str>, keep: &[&str]) -> io::Result<usize> {
-    let mut removed = 0;
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => return Err(annotate(e, dir)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| annotate(e, dir))?;
-        let path = entry.path();
-        let Ok(rel) = path.strip_prefix(root) else {
-            continue;
-        };
-        if dir == root && keep.iter().any(|k| entry.file_name() == *k) {
-            continue;
-        }
-        let ft = entry.file_type().map_err(|e| annotate(e, &path))?;
-        let known = rel.to_str().is_some_and(|r| wanted.contains(r));
-        if !known {
-            if ft.is_dir() {
-                make_writable(&path);
-                fs::remove_dir_all(&path).map_err(|e| annotate(e, &path))?;
-            } else {
-                fs::remove_file(&path).map_err(|e| annotate(e, &path))?;
-            }
-            removed += 1;
-        } else if ft.is_dir() {
-            removed += prune(root, &path, wanted, keep)?;
-        }
-    }
-    Ok(removed)
 }
 
 /// Jobs may leave read-only directories behind (Go's module cache does); make them
@@ -869,6 +1100,48 @@ mod tests {
         );
     }
 
+    /// A scanned source leaves out files listed but not there, and its one reading of
+    /// the metadata serves comparisons: what a workspace changed is still found.
+    #[test]
+    fn scanned_source_drops_missing_files_and_finds_changes() {
+        let src = tempfile::tempdir().expect("tmp");
+        let dst = tempfile::tempdir().expect("tmp");
+        write(src.path(), "a.txt", "a");
+        write(src.path(), "dir/b.txt", "bb");
+        std::os::unix::fs::symlink("a.txt", src.path().join("link")).expect("symlink");
+        let listed = ["a.txt", "dir/b.txt", "gone.txt", "dir/gone", "link"];
+        let source = Source::scan(src.path(), listed.iter().map(|f| f.to_string()));
+        assert_eq!(source.files(), ["a.txt", "dir/b.txt", "link"]);
+        let first = sync(&source, dst.path(), &[]).expect("sync");
+        assert_eq!(first.copied, 3);
+        // Same size, other content and time; an extra file; a directory where a file was.
+        fs::write(dst.path().join("a.txt"), "A").expect("write");
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        fs::File::options()
+            .write(true)
+            .open(dst.path().join("a.txt"))
+            .and_then(|f| f.set_modified(old))
+            .expect("touch");
+        write(dst.path(), "dir/extra.o", "x");
+        fs::remove_file(dst.path().join("link")).expect("rm");
+        fs::create_dir(dst.path().join("link")).expect("mkdir");
+        write(dst.path(), "gone.txt", "stale");
+        let second = sync(&source, dst.path(), &[]).expect("sync");
+        assert_eq!((second.copied, second.removed), (2, 2), "{second:?}");
+        assert_eq!(
+            fs::read_to_string(dst.path().join("a.txt")).expect("a"),
+            "a"
+        );
+        assert_eq!(
+            fs::read_link(dst.path().join("link")).expect("link"),
+            PathBuf::from("a.txt")
+        );
+        assert!(!dst.path().join("dir/extra.o").exists());
+        assert!(!dst.path().join("gone.txt").exists());
+        let third = sync(&source, dst.path(), &[]).expect("sync");
+        assert_eq!((third.copied, third.removed, third.unchanged), (0, 0, 3));
+    }
+
     #[test]
     fn paths_leaving_the_root_are_ignored() {
         let src = tempfile::tempdir().expect("tmp");
@@ -941,6 +1214,40 @@ mod tests {
         // Nothing changed: nothing to do.
         let third = ws.prepare(&source, None).expect("prepare");
         assert_eq!((third.copied, third.removed, third.full), (0, 0, false));
+    }
+
+    /// A workspace that stopped following changes (after its expected last job) still
+    /// resets exactly when used again: it compares everything.
+    #[test]
+    fn a_reset_after_tracking_stopped_compares_everything() {
+        let src = tempfile::tempdir().expect("tmp");
+        let dst = tempfile::tempdir().expect("tmp");
+        write(src.path(), "a.txt", "a");
+        write(src.path(), "dir/b.txt", "b");
+        let source = Source::scan(src.path(), ["a.txt".into(), "dir/b.txt".into()]);
+        let mut ws = Workspace::new(dst.path().join("ws"));
+        assert!(ws.prepare(&source, None).expect("prepare").full);
+        ws.stop_tracking_after_prepare();
+        let tracked = ws.prepare(&source, None).expect("prepare");
+        assert!(!tracked.full, "the prepare itself still used tracking");
+        // The job changes things; nothing watches any more.
+        let root = ws.dir().to_path_buf();
+        fs::write(root.join("dir/b.txt"), "changed").expect("write");
+        write(&root, "new/file", "x");
+        let again = ws.prepare(&source, None).expect("prepare");
+        assert!(again.full, "{again:?}");
+        assert_eq!((again.copied, again.removed), (1, 1));
+        assert_eq!(fs::read_to_string(root.join("dir/b.txt")).expect("b"), "b");
+        assert!(!root.join("new").exists());
+        // Tracking resumed with that full comparison.
+        fs::write(root.join("a.txt"), "edited").expect("write");
+        let next = ws.prepare(&source, None).expect("prepare");
+        assert!(!next.full);
+        assert_eq!(fs::read_to_string(root.join("a.txt")).expect("a"), "a");
+        ws.stop_tracking();
+        fs::write(root.join("a.txt"), "edited again").expect("write");
+        assert!(ws.prepare(&source, None).expect("prepare").full);
+        assert_eq!(fs::read_to_string(root.join("a.txt")).expect("a"), "a");
     }
 
     #[test]

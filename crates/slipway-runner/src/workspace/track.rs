@@ -56,6 +56,8 @@ mod linux {
         /// Directory → watch descriptor.
         wds: HashMap<String, i32>,
         lost: bool,
+        /// Where events are read (kept: a reset reads several times, usually nothing).
+        buf: Vec<u8>,
     }
 
     impl Tracker {
@@ -71,6 +73,7 @@ mod linux {
                 dirs: HashMap::new(),
                 wds: HashMap::new(),
                 lost: false,
+                buf: vec![0u8; 64 * 1024],
             })
         }
 
@@ -119,6 +122,21 @@ mod linux {
             }
         }
 
+        /// Stop watching everything, keeping the instance open. Closing an inotify
+        /// instance that still has watches waits for the kernel to free them (an RCU grace
+        /// period: milliseconds); watches removed a while before the close are freed in
+        /// the background, and the close then returns at once.
+        pub(crate) fn retire(&mut self) {
+            for (wd, _) in self.dirs.drain() {
+                // SAFETY: removing a watch by descriptor; an already gone one is EINVAL.
+                unsafe {
+                    libc::inotify_rm_watch(self.fd.as_raw_fd(), wd);
+                }
+            }
+            self.wds.clear();
+            self.lost = true;
+        }
+
         /// Everything that changed since the last call.
         pub(crate) fn changes(&mut self) -> Changes {
             let mut paths = BTreeSet::new();
@@ -140,7 +158,12 @@ mod linux {
         }
 
         fn read(&mut self, found: &mut dyn FnMut(String)) {
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = std::mem::take(&mut self.buf);
+            self.read_into(&mut buf, found);
+            self.buf = buf;
+        }
+
+        fn read_into(&mut self, buf: &mut [u8], found: &mut dyn FnMut(String)) {
             loop {
                 // SAFETY: reading into a buffer we own, of the length given.
                 let n = unsafe {
@@ -228,6 +251,7 @@ mod fallback {
             false
         }
         pub(crate) fn unwatch_under(&mut self, _rel: &str) {}
+        pub(crate) fn retire(&mut self) {}
         pub(crate) fn changes(&mut self) -> Changes {
             Changes::Unknown
         }
