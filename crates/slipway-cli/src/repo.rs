@@ -245,13 +245,18 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Read the repository file `path` (relative to `root`; a leading `/` is the root).
+fn read_inside(root: &Path, path: &str) -> Result<String, String> {
+    let rel = Path::new(path.trim_start_matches('/'));
+    if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err("paths may not leave the repository".into());
+    }
+    std::fs::read_to_string(root.join(rel)).map_err(|e| e.to_string())
+}
+
 impl SourceLoader for Repo {
     fn read(&self, path: &str) -> Result<String, String> {
-        let rel = Path::new(path.trim_start_matches('/'));
-        if rel.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err("paths may not leave the repository".into());
-        }
-        std::fs::read_to_string(self.root.join(rel)).map_err(|e| e.to_string())
+        read_inside(&self.root, path)
     }
 
     fn list(&self) -> Vec<String> {
@@ -267,11 +272,7 @@ pub struct Snapshot {
 
 impl SourceLoader for Snapshot {
     fn read(&self, path: &str) -> Result<String, String> {
-        let rel = Path::new(path.trim_start_matches('/'));
-        if rel.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err("paths may not leave the repository".into());
-        }
-        std::fs::read_to_string(self.root.join(rel)).map_err(|e| e.to_string())
+        read_inside(&self.root, path)
     }
 
     fn list(&self) -> Vec<String> {

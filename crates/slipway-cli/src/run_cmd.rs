@@ -135,6 +135,48 @@ fn claim_pipeline(project: &Path) -> Result<(u64, PathBuf), String> {
     }
 }
 
+/// Pipelines whose logs are kept; older ones are deleted when a run starts.
+const KEEP_PIPELINES: u64 = 50;
+
+/// Delete the log directories of all but the newest [`KEEP_PIPELINES`] pipelines.
+fn prune_pipelines(project: &Path, newest: u64) {
+    let dir = project.join("pipelines");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n + KEEP_PIPELINES <= newest);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Whether artifacts are due to be expired: at most once per `SLIPWAY_EXPIRE_INTERVAL`
+/// seconds (an hour by default; 0 for every run), as GitLab expires them periodically.
+/// Claims the turn by touching a stamp file.
+fn expiry_due(store_dir: &Path) -> bool {
+    let interval = std::env::var("SLIPWAY_EXPIRE_INTERVAL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(3600);
+    let stamp = store_dir.join(".expired-at");
+    let due = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age.as_secs() >= interval);
+    if due {
+        let _ = std::fs::create_dir_all(store_dir);
+        let _ = std::fs::write(&stamp, b"");
+    }
+    due
+}
+
 /// `n` workspace slots nobody else uses: each is held by an exclusive lock on
 /// `builds/<slot>.lock` for as long as the returned files stay open.
 fn claim_slots(builds: &Path, n: usize) -> Result<(Vec<usize>, Vec<File>), String> {
@@ -163,6 +205,13 @@ fn claim_slots(builds: &Path, n: usize) -> Result<(Vec<usize>, Vec<File>), Strin
 }
 
 pub fn run(args: &RunArgs) -> ExitCode {
+    // A closed stdout (`slipway run | head`) must not kill Slipway mid-pipeline, leaving
+    // jobs and containers behind: writes then fail quietly and the pipeline finishes.
+    // (Jobs still get the default SIGPIPE: std resets it in every child.)
+    // SAFETY: changing a signal disposition; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     match run_inner(args) {
         Ok(code) => code,
         Err(e) => fail(&e),
@@ -207,6 +256,7 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         }
     };
     let (pipeline_id, logs_dir) = claim_pipeline(&project_dir)?;
+    prune_pipelines(&project_dir, pipeline_id);
     let at = Revision {
         rev: commit.clone().unwrap_or_else(|| "HEAD".into()),
         files: source.files().to_vec(),
@@ -245,6 +295,11 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
             eprintln!("warning: --manual {m}: the job is not manual; it runs anyway");
         }
     }
+    if plan.jobs.is_empty() {
+        // GitLab creates no pipeline without jobs.
+        eprintln!("no jobs to run for {} ({})", trig.ref_name, trig.source);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut play = args.manual.clone();
     play.extend(args.jobs.iter().cloned());
 
@@ -274,8 +329,11 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
             )
         })
         .collect();
+    // Artifacts and caches of a local run can be made again: no flush to disk per
+    // manifest (a killed run still leaves every manifest whole).
     let store = Store::open(project_dir.join("store"))
-        .map_err(|e| format!("cannot open the artifact store: {e}"))?;
+        .map_err(|e| format!("cannot open the artifact store: {e}"))?
+        .with_durability(false);
     let scratch = project_dir.join("tmp");
     let executors = Executors {
         shell: Arc::new(ShellExecutor::new(&scratch)),
@@ -307,6 +365,7 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         store: Arc::new(store),
         run_id: format!("p{pipeline_id}"),
         latest_artifacts: Some(project_dir.join("latest-artifacts.json")),
+        expire_artifacts: expiry_due(&project_dir.join("store")),
         concurrency,
         play,
     };

@@ -64,7 +64,9 @@ impl Project {
             .current_dir(self.repo.path())
             .env("NO_COLOR", "1")
             // No engine unless a test asks for one.
-            .env("DOCKER_HOST", "unix:///nonexistent/slipway-test.sock");
+            .env("DOCKER_HOST", "unix:///nonexistent/slipway-test.sock")
+            // Expire artifacts at every run, not once an hour.
+            .env("SLIPWAY_EXPIRE_INTERVAL", "0");
         c
     }
 
@@ -905,17 +907,7 @@ next:
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        let started = line.ends_with("| started");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
+    let (mut seen, lines) = read_until_started(&mut child);
     let pid = child.id() as i32;
     // SAFETY: signalling the child we spawned.
     unsafe {
@@ -946,6 +938,65 @@ next:
     assert_eq!(report["status"], "canceled");
     assert_eq!(status_of(&report, "long"), "canceled");
     assert_eq!(status_of(&report, "next"), "canceled");
+}
+
+/// A reader that goes away (`slipway run | head -1`) does not stop the pipeline, and the
+/// jobs keep the default SIGPIPE (`yes | head` ends normally inside a job).
+#[test]
+fn a_closed_stdout_does_not_stop_the_pipeline() {
+    let p = Project::new(&[(
+        ".gitlab-ci.yml",
+        "\
+stages: [one, two]
+first:
+  stage: one
+  script:
+    - for i in $(seq 1 2000); do echo line $i; done
+    - set +o pipefail; yes | head -1; test \"${PIPESTATUS[0]}\" = 141
+second:
+  stage: two
+  script: touch $MARKERS/second-ran
+",
+    )]);
+    let markers = tempfile::tempdir().expect("markers");
+    let mut child = p
+        .command(&[
+            "--variable",
+            &format!("MARKERS={}", markers.path().display()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("a line");
+    // The reading end closes here.
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "first line: {first}");
+    assert!(markers.path().join("second-ran").exists());
+}
+
+/// The child's output lines up to the first ending in `| started`, and the rest to come.
+fn read_until_started(
+    child: &mut std::process::Child,
+) -> (
+    Vec<String>,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let started = line.ends_with("| started");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    (seen, lines)
 }
 
 fn status_of(report: &Value, name: &str) -> String {
@@ -1098,17 +1149,7 @@ slow:
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        let started = line.ends_with("| started");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
+    let (mut seen, lines) = read_until_started(&mut child);
     assert!(engine_containers(&pipeline_label(&p, 1)) >= 2, "{seen:?}");
     // SAFETY: signalling the child we spawned.
     unsafe {

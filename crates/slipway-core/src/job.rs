@@ -243,6 +243,33 @@ mod tests {
     }
 
     #[test]
+    fn artifact_sources_follow_the_planned_dependencies() {
+        let yaml = "stages: [build, test]\nbuild:\n  stage: build\n  script: x\nlint:\n  stage: build\n  script: x\ntest:\n  stage: test\n  needs:\n    - build\n    - job: lint\n      artifacts: false\n  script: x\nalone:\n  stage: test\n  dependencies: []\n  script: x\nall:\n  stage: test\n  script: x\n";
+        let loader = crate::source::MemoryLoader::new().with(".gitlab-ci.yml", yaml);
+        let pipeline = crate::load_pipeline(&loader, ".gitlab-ci.yml", &|_| None)
+            .pipeline
+            .expect("valid");
+        let trigger = crate::plan::Trigger {
+            ref_name: "main".into(),
+            source: "push".into(),
+            ..Default::default()
+        };
+        let plan = crate::plan::plan(&pipeline, &trigger)
+            .expect("plans")
+            .expect("a pipeline");
+        let index = |n: &str| plan.jobs.iter().position(|j| j.name == n).expect(n);
+        let names = |i: usize| -> Vec<&str> {
+            artifact_sources(&plan, i)
+                .into_iter()
+                .map(|j| plan.jobs[j].name.as_str())
+                .collect()
+        };
+        assert_eq!(names(index("test")), vec!["build"]);
+        assert!(names(index("alone")).is_empty());
+        assert_eq!(names(index("all")), vec!["build", "lint"]);
+    }
+
+    #[test]
     fn environment_follows_gitlab_precedence() {
         let pipeline = PipelineContext {
             source: "push".into(),

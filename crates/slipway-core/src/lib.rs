@@ -7,6 +7,7 @@
 //! that the shells (CLI, server) implement, so the core stays deterministic and fuzzable.
 
 pub mod config;
+pub mod deploy;
 pub mod diag;
 pub mod duration;
 pub mod expr;

@@ -96,7 +96,7 @@ impl AttemptResult {
 
 /// File-system work from async code: on a multi-threaded runtime the worker is handed
 /// over while it runs, so other jobs' output keeps flowing.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -95,6 +95,9 @@ pub struct RunContext {
     /// The latest artifacts of each job, kept across runs: a job whose dependency is not
     /// part of this run gets that job's artifacts from an earlier one.
     pub latest_artifacts: Option<PathBuf>,
+    /// Delete expired artifacts (and unreferenced blobs) before running. Every manifest is
+    /// read, so callers do it now and then rather than on every run.
+    pub expire_artifacts: bool,
     pub concurrency: usize,
     /// Manual jobs to play when they become playable.
     pub play: Vec<String>,
@@ -220,14 +223,30 @@ pub async fn run(
         .unwrap_or_default();
     // Expired artifacts of earlier runs go; the latest of each job is kept, as GitLab
     // keeps the most recent artifacts.
-    {
+    if ctx.expire_artifacts {
         let keep: HashSet<String> = latest.jobs.values().cloned().collect();
         let _ = ctx.store.expire(SystemTime::now(), &|id| keep.contains(id));
     }
     // allow_failure can turn true after the fact (allow_failure:exit_codes).
     let mut live_plan = ctx.plan.clone();
-    let workspaces = std::mem::take(&mut ctx.workspaces);
+    let mut workspaces = std::mem::take(&mut ctx.workspaces);
     let limit = ctx.concurrency.max(1).min(workspaces.len().max(1));
+    // Bring every workspace up to date at once, a thread each, while nothing else runs:
+    // each slot's first job then pays only for what changed since (changes are tracked),
+    // instead of a full comparison in the middle of the pipeline.
+    if workspaces.len() > 1 {
+        let (source, git) = (&ctx.source, ctx.git.as_ref());
+        job::blocking(|| {
+            std::thread::scope(|s| {
+                for (_, ws) in workspaces.iter_mut() {
+                    s.spawn(move || {
+                        // A failure shows again, with its message, at the slot's first job.
+                        let _ = ws.prepare(source, git);
+                    });
+                }
+            })
+        });
+    }
     let ctx = Arc::new(ctx);
     let slots: Arc<Slots> = Arc::new(Mutex::new(workspaces.into_iter().map(Some).collect()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();

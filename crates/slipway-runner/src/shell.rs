@@ -6,7 +6,6 @@
 
 use crate::executor::{ExecFuture, ExecOutcome, ExecStatus, Executor, JobSpec};
 use crate::logs::LogSink;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -102,6 +101,33 @@ pub fn push_commands(out: &mut String, commands: &[String], workdir: &Path) {
     }
 }
 
+/// The read end of a job's output pipe, read without blocking the runtime.
+struct Output {
+    rx: tokio::net::unix::pipe::Receiver,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Output {
+    fn new(reader: std::io::PipeReader) -> std::io::Result<Output> {
+        let fd: std::os::fd::OwnedFd = reader.into();
+        Ok(Output {
+            rx: tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?,
+            buf: vec![0u8; 64 * 1024],
+            eof: false,
+        })
+    }
+
+    /// Read what is there (waiting for it) and pass it to the log.
+    async fn pump(&mut self, log: &LogSink) {
+        use tokio::io::AsyncReadExt;
+        match self.rx.read(&mut self.buf).await {
+            Ok(0) | Err(_) => self.eof = true,
+            Ok(n) => log.write(&self.buf[..n]),
+        }
+    }
+}
+
 /// One shell invocation: the main script or `after_script`.
 struct Phase<'a> {
     commands: &'a [String],
@@ -180,35 +206,54 @@ impl ShellExecutor {
         // sees end-of-file when the job's processes are gone.
         drop(cmd);
         let pgid = child.id().map(|id| id as i32);
-        let log2 = log.clone();
-        let reader_task = tokio::task::spawn_blocking(move || {
-            let mut reader = reader;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => log2.write(&buf[..n]),
+        // The output is read here, on the runtime, as it comes (no thread per job).
+        let mut out = match Output::new(reader) {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(pgid) = pgid {
+                    kill_group(pgid, libc::SIGKILL);
                 }
+                let _ = child.wait().await;
+                return Ended::SpawnFailed(format!("cannot read the job's output: {e}"));
             }
-        });
-        let ended = tokio::select! {
-            status = child.wait() => Ended::Exited(status.ok().and_then(|s| exit_code(&s))),
-            _ = tokio::time::sleep(timeout) => Ended::TimedOut,
-            _ = cancel.cancelled() => Ended::Canceled,
+        };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let ended = loop {
+            tokio::select! {
+                status = child.wait() => break Ended::Exited(status.ok().and_then(|s| exit_code(&s))),
+                _ = &mut deadline => break Ended::TimedOut,
+                _ = cancel.cancelled() => break Ended::Canceled,
+                _ = out.pump(log), if !out.eof => {}
+            }
         };
         // Stop the whole group: what the job left running, or everything on timeout/cancel.
         if let Some(pgid) = pgid {
             kill_group(pgid, libc::SIGTERM);
             if !matches!(ended, Ended::Exited(_)) {
-                let graceful = tokio::time::timeout(KILL_GRACE, child.wait()).await;
-                if graceful.is_err() {
+                let grace = tokio::time::sleep(KILL_GRACE);
+                tokio::pin!(grace);
+                let exited = loop {
+                    tokio::select! {
+                        _ = child.wait() => break true,
+                        _ = &mut grace => break false,
+                        _ = out.pump(log), if !out.eof => {}
+                    }
+                };
+                if !exited {
                     kill_group(pgid, libc::SIGKILL);
                 }
             }
             kill_group(pgid, libc::SIGKILL);
         }
         let _ = child.wait().await;
-        let _ = tokio::time::timeout(DRAIN_LIMIT, reader_task).await;
+        // What is still in the pipe; a stray process holding it open is not waited for.
+        let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+            while !out.eof {
+                out.pump(log).await;
+            }
+        })
+        .await;
         ended
     }
 }

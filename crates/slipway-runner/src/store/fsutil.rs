@@ -46,8 +46,14 @@ pub(crate) fn create_temp(dir: &Path) -> io::Result<(File, PathBuf)> {
 }
 
 /// Write `value` as JSON to `dest` atomically: a temporary file in the same directory,
-/// flushed to disk, then renamed over `dest`. Readers see the old or the new file whole.
-pub(crate) fn write_json_atomic<T: Serialize>(dest: &Path, value: &T) -> io::Result<()> {
+/// flushed to disk when `durable`, then renamed over `dest`. Readers see the old or the
+/// new file whole; a killed process leaves one or the other; only with `durable` does a
+/// power cut too.
+pub(crate) fn write_json_atomic<T: Serialize>(
+    dest: &Path,
+    value: &T,
+    durable: bool,
+) -> io::Result<()> {
     let dir = dest
         .parent()
         .ok_or_else(|| invalid_input(format!("no parent directory for {}", dest.display())))?;
@@ -57,7 +63,7 @@ pub(crate) fn write_json_atomic<T: Serialize>(dest: &Path, value: &T) -> io::Res
     let (mut file, tmp) = create_temp(dir)?;
     let written = file
         .write_all(&bytes)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
         .at("cannot write", &tmp)
         .and_then(|()| fs::rename(&tmp, dest).at("cannot rename into place", dest));
     if written.is_err() {

@@ -67,6 +67,7 @@ pub struct Store {
     root: PathBuf,
     blobs_dir: PathBuf,
     gc_grace: Duration,
+    durable: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,6 +147,7 @@ impl Store {
             blobs_dir: root.join("objects"),
             root,
             gc_grace: DEFAULT_GC_GRACE,
+            durable: true,
         })
     }
 
@@ -153,6 +155,15 @@ impl Store {
     /// It must exceed the time a job takes to save its artifacts or cache.
     pub fn with_gc_grace(mut self, grace: Duration) -> Store {
         self.gc_grace = grace;
+        self
+    }
+
+    /// Whether manifests are flushed to disk before they replace the old ones (the
+    /// default). Without, a killed process still leaves every manifest whole, but a power
+    /// cut may lose the latest ones: the trade a local run makes for speed (GitLab
+    /// Runner's local cache does not flush either).
+    pub fn with_durability(mut self, durable: bool) -> Store {
+        self.durable = durable;
         self
     }
 
@@ -214,7 +225,7 @@ impl Store {
             expire_at: expire_at.map(unix_secs),
             set: set.clone(),
         };
-        write_json_atomic(&self.artifacts_path(id), &record)
+        write_json_atomic(&self.artifacts_path(id), &record, self.durable)
     }
 
     /// Every blob `set` names must be there: a set collected before a garbage
@@ -424,7 +435,7 @@ impl Store {
             key: sanitized.clone(),
             set,
         };
-        write_json_atomic(&self.cache_path(&sanitized), &record)?;
+        write_json_atomic(&self.cache_path(&sanitized), &record, self.durable)?;
         Ok(warnings)
     }
 

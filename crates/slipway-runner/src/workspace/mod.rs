@@ -672,8 +672,14 @@ fn up_to_date(src_path: &Path, src: &fs::Metadata, target: &Path) -> bool {
 }
 
 fn copy_entry(src: &Path, meta: &fs::Metadata, target: &Path) -> io::Result<()> {
-    if fs::symlink_metadata(target).is_ok() {
-        remove_path(target)?;
+    if let Ok(t) = fs::symlink_metadata(target) {
+        // A plain file of the workspace's own is rewritten in place (cheaper than a new
+        // file); anything else goes first, so nothing is written through a symlink or a
+        // hard link the job made to a file elsewhere.
+        let reusable = meta.is_file() && t.is_file() && t.nlink() == 1 && t.mode() & 0o200 != 0;
+        if !reusable {
+            remove_path(target)?;
+        }
     }
     if meta.file_type().is_symlink() {
         let link = fs::read_link(src).map_err(|e| annotate(e, src))?;
@@ -904,7 +910,17 @@ mod tests {
         fs::set_permissions(root.join("mode.sh"), fs::Permissions::from_mode(0o755))
             .expect("chmod");
         write(&root, ".git/junk", "x");
+        // A hard link to a file outside: resetting must not write through it.
+        let outside = dst.path().join("outside.txt");
+        fs::write(&outside, "outside, not to be touched").expect("write");
+        fs::create_dir_all(root.join("dir/sub")).expect("mkdir");
+        fs::remove_file(root.join("dir/sub/c.txt")).expect("rm");
+        fs::hard_link(&outside, root.join("dir/sub/c.txt")).expect("link");
         let second = ws.prepare(&source, None).expect("prepare");
+        assert_eq!(
+            fs::read_to_string(&outside).expect("outside"),
+            "outside, not to be touched"
+        );
         assert!(!second.full, "{second:?}");
         for f in files {
             assert_eq!(fs::read_to_string(root.join(f)).expect(f), f);
