@@ -474,7 +474,19 @@ async fn cancel_in(tx: &mut WriteTx, job: &Job) -> Result<bool> {
             Ok(n == 1)
         }
         s if s.is_finished() => Ok(false),
-        _ => transition(tx, job, JobStatus::Canceled).await,
+        _ => {
+            if transition(tx, job, JobStatus::Canceled).await? {
+                return Ok(true);
+            }
+            // It changed under us (on PostgreSQL a claimer may have taken it between our
+            // read and our update): decide again on what it is now.
+            let now = job_in(tx, job.id).await?;
+            if !now.status.is_finished() {
+                Box::pin(cancel_in(tx, &now)).await
+            } else {
+                Ok(false)
+            }
+        }
     }
 }
 

@@ -78,6 +78,15 @@ pub async fn current(caller: Caller) -> Json<Value> {
 pub async fn logout(State(app): State<AppState>, w: Writer) -> ApiResult<Response> {
     if let AuthMethod::Session { token } = &w.method {
         app.store.logout(token).await?;
+        app.store
+            .audit(
+                &w.actor(),
+                "user.logout",
+                "user",
+                &w.user.id.to_string(),
+                serde_json::json!({}),
+            )
+            .await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
