@@ -12,7 +12,8 @@
 //!   permission check;
 //! - [`audit`]: the hash-chained audit log, written in the same transaction as the
 //!   change it records;
-//! - [`events`]: change notifications for waiters (queue, live logs, pages).
+//! - [`events`]: change notifications for waiters (queue, live logs, pages);
+//!   [`listings`]: the pages' lists, a fixed number of queries however long.
 //!
 //! Everything an operation returns `Ok` for is committed. See ARCHITECTURE.md
 //! ("slipway-db") for the schema, the queue and the audit chain.
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod crypto;
 pub mod error;
 pub mod events;
+pub mod listings;
 pub mod logs;
 pub mod pipelines;
 pub mod projects;
@@ -40,6 +42,7 @@ pub use audit::{Actor, AuditEntry, AuditProblem, AuditProblemKind, AuditReport};
 pub use crypto::SecretKey;
 pub use error::{Error, Result};
 pub use events::Event;
+pub use listings::{JobBrief, PipelineRow};
 pub use logs::LogSlice;
 pub use pipelines::{
     AutoCancelCandidate, Job, NewJob, NewPipeline, Pipeline, PipelineQuery, PipelineSource,

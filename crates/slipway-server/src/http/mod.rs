@@ -102,8 +102,13 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-async fn fallback(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no such route: {}", uri.path()))
+async fn fallback(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !uri.path().starts_with(API_PREFIX) {
+        // A browser's mistyped address gets a page, not JSON.
+        return crate::ui::not_found(uri).await;
+    }
+    ApiError::not_found(format!("no such route: {}", uri.path())).into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -248,9 +248,15 @@ pub async fn retry(
     Path(id): Path<i64>,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let (_, job) = job_for(&app, &w, id, Action::RetryJob).await?;
-    let new = app.store.retry_job(&w.actor(), job.id).await?;
-    reopen_after(&app, new.pipeline_id, &[new.plan_index]).await?;
+    let new = retry_job(&app, &w.actor(), job.id).await?;
     Ok((StatusCode::CREATED, Json(view(&app, new).await)))
+}
+
+/// A new attempt of a finished job; the jobs after it wait again (the API and the UI).
+pub async fn retry_job(app: &AppState, actor: &slipway_db::Actor, job: JobId) -> ApiResult<Job> {
+    let new = app.store.retry_job(actor, job).await?;
+    reopen_after(app, new.pipeline_id, &[new.plan_index]).await?;
+    Ok(new)
 }
 
 /// `POST /jobs/{id}/cancel` (developers): a running job is stopped (its processes or
@@ -261,9 +267,15 @@ pub async fn cancel(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<JobView>> {
     let (_, job) = job_for(&app, &w, id, Action::CancelJob).await?;
-    let job = app.store.cancel_job(&w.actor(), job.id).await?;
-    app.running.cancel(job.id.0);
+    let job = cancel_job(&app, &w.actor(), job.id).await?;
     Ok(Json(view(&app, job).await))
+}
+
+/// Cancels a job, stopping it if it runs here (the API and the UI).
+pub async fn cancel_job(app: &AppState, actor: &slipway_db::Actor, job: JobId) -> ApiResult<Job> {
+    let job = app.store.cancel_job(actor, job).await?;
+    app.running.cancel(job.id.0);
+    Ok(job)
 }
 
 /// `GET /jobs/{id}/artifacts`: the job's artifacts and the files in them.

@@ -245,10 +245,23 @@ pub async fn run(
     Body(body): Body<RunBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let project = project_access(&app, &w, &key, Action::Trigger).await?;
+    let created = run_for(&app, &w, &project, body).await?;
+    created_response(&app, created)
+}
+
+/// Runs the pipeline of `project` for a ref (the caller's right to trigger is checked
+/// by the caller of this), as `POST /projects/{project}/pipelines` and the UI's "Run
+/// pipeline" form do.
+pub async fn run_for(
+    app: &AppState,
+    w: &Caller,
+    project: &slipway_db::Project,
+    body: RunBody,
+) -> ApiResult<Created> {
     let variables = check_variables(&body.variables)?;
     // The latest commit: fetch first, as a "Run pipeline" on GitLab uses the ref's head.
-    app.mirrors.fetch(&project).await?;
-    let (ref_name, tag) = resolve_ref(&app, &project, body.ref_name.as_deref()).await?;
+    app.mirrors.fetch(project).await?;
+    let (ref_name, tag) = resolve_ref(app, project, body.ref_name.as_deref()).await?;
     let source = match w.method {
         AuthMethod::Session { .. } => PipelineSource::Web,
         AuthMethod::Token { .. } => PipelineSource::Api,
@@ -256,8 +269,7 @@ pub async fn run(
     let mut request = PipelineRequest::new(source, ref_name, tag);
     request.variables = variables;
     request.user = Some(crate::triggers::user_context(&w.user));
-    let created = pipelines::create(&app, &project, request, Origin::user(&w.user)).await?;
-    created_response(&app, created)
+    Ok(pipelines::create(app, project, request, Origin::user(&w.user)).await?)
 }
 
 async fn pipeline_for(
@@ -368,11 +380,22 @@ pub async fn cancel(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Value>> {
     let (_, pipeline) = pipeline_for(&app, &w, id, Action::CancelJob).await?;
-    let jobs = app.store.cancel_pipeline(&w.actor(), pipeline.id).await?;
+    let jobs = cancel_all(&app, &w.actor(), pipeline.id).await?;
+    Ok(Json(json!({"canceled": jobs})))
+}
+
+/// Cancels every unfinished job of the pipeline and stops those running here (the API
+/// and the UI's button).
+pub async fn cancel_all(
+    app: &AppState,
+    actor: &slipway_db::Actor,
+    pipeline: PipelineId,
+) -> ApiResult<Vec<slipway_db::JobId>> {
+    let jobs = app.store.cancel_pipeline(actor, pipeline).await?;
     for j in &jobs {
         app.running.cancel(j.0);
     }
-    Ok(Json(json!({"canceled": jobs})))
+    Ok(jobs)
 }
 
 /// `POST /pipelines/{id}/retry` (developers): new attempts of its failed and canceled
@@ -383,13 +406,24 @@ pub async fn retry(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Value>> {
     let (_, pipeline) = pipeline_for(&app, &w, id, Action::RetryJob).await?;
-    let jobs = app.store.current_jobs(pipeline.id).await?;
+    let retried = retry_failed(&app, &w.actor(), pipeline.id).await?;
+    Ok(Json(json!({"retried": retried})))
+}
+
+/// New attempts of the pipeline's failed and canceled jobs, and the jobs after them wait
+/// again (the API and the UI's button).
+pub async fn retry_failed(
+    app: &AppState,
+    actor: &slipway_db::Actor,
+    pipeline: PipelineId,
+) -> ApiResult<Vec<Job>> {
+    let jobs = app.store.current_jobs(pipeline).await?;
     let mut retried = Vec::new();
     for j in jobs
         .iter()
         .filter(|j| matches!(j.status, JobStatus::Failed | JobStatus::Canceled))
     {
-        retried.push(app.store.retry_job(&w.actor(), j.id).await?);
+        retried.push(app.store.retry_job(actor, j.id).await?);
     }
     if retried.is_empty() {
         return Err(ApiError::new(
@@ -399,8 +433,8 @@ pub async fn retry(
         ));
     }
     let indices: Vec<usize> = retried.iter().map(|j| j.plan_index).collect();
-    reopen_after(&app, pipeline.id, &indices).await?;
-    Ok(Json(json!({"retried": retried})))
+    reopen_after(app, pipeline, &indices).await?;
+    Ok(retried)
 }
 
 /// Jobs skipped because of the retried ones wait again (`created`), so the scheduler

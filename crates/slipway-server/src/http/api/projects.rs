@@ -63,6 +63,12 @@ pub async fn create(
     w: Writer,
     Body(body): Body<NewProjectBody>,
 ) -> ApiResult<(StatusCode, Json<ProjectView>)> {
+    let project = add(&app, &w, body).await?;
+    Ok((StatusCode::CREATED, Json(view(project, None))))
+}
+
+/// Adds a project (administrators), as `POST /projects` and the UI's form do.
+pub async fn add(app: &AppState, w: &Caller, body: NewProjectBody) -> ApiResult<Project> {
     w.require_admin()?;
     let source = RepoSource::parse(&body.repository)
         .map_err(|e| ApiError::invalid(redact_credentials(&e.to_string())))?;
@@ -122,7 +128,7 @@ pub async fn create(
         app.store.record_poll(project.id, None, &refs).await?;
     }
     tracing::info!(project = %project.name, id = project.id.0, "project added");
-    Ok((StatusCode::CREATED, Json(view(project, None))))
+    Ok(project)
 }
 
 /// `GET /projects/{project}`.

@@ -1,0 +1,565 @@
+//! The web UI in a real browser (headless Chromium through chromedriver), against a
+//! real `slipway server` process with a fresh data directory, following a pipeline from
+//! `git push` (through the installed post-receive hook) to finished logs: the pipeline
+//! appears and its jobs go running then passed without a reload, log lines arrive live on
+//! the job page, sections collapse, following the log stops when the reader scrolls up,
+//! the final status shows up by itself, a manual job is played and a failed job retried
+//! with their buttons, and a viewer is shown no buttons at all.
+//!
+//! `#[ignore]`d in the plain `cargo test`: `.ci/run` installs `chromium` and
+//! `chromium-driver` and runs `cargo test -p slipway-cli --test browser -- --ignored`
+//! with `SLIPWAY_REQUIRE_BROWSER=1` (a missing browser then fails). Screenshots of each
+//! main page go to `SLIPWAY_SCREENSHOTS` (default: a temporary directory, printed).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod webdriver;
+
+use serde_json::{json, Value};
+use slipway_server::client::Client;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use webdriver::{free_port, Browser};
+
+const ADMIN_PASSWORD: &str = "browser-admin-pw";
+const VIEWER_PASSWORD: &str = "viewer-password";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Ada Lovelace")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada Lovelace")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A `slipway server` process; killed (SIGTERM, then SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let port = free_port();
+        let log = data.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["server", "--data"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--executor", "shell", "--concurrency", "4"])
+            .env("SLIPWAY_ADMIN_USER", "admin")
+            .env("SLIPWAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("SLIPWAY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start slipway server");
+        let s = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let anon = Client::new(&s.url, None).unwrap();
+        let rt = runtime();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rt
+            .block_on(anon.get("/api/v1/health"))
+            .map(|r| r.ok())
+            .unwrap_or(false)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start: {}",
+                s.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process by its id.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The API as the administrator: signs in, then makes a personal token.
+fn admin_api(url: &str) -> Client {
+    let rt = runtime();
+    let anon = Client::new(url, None).unwrap();
+    let r = rt
+        .block_on(anon.post_json(
+            "/api/v1/session",
+            &json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        ))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap();
+    let csrf = r.json()["csrf_token"].as_str().unwrap().to_string();
+    let r = rt
+        .block_on(anon.send(
+            "POST",
+            "/api/v1/user/tokens",
+            Some((
+                "application/json",
+                json!({"name": "browser test"}).to_string().into_bytes(),
+            )),
+            &[("cookie", cookie), ("x-csrf-token", &csrf)],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    Client::new(url, Some(r.json()["token"].as_str().unwrap().to_string())).unwrap()
+}
+
+fn api(c: &Client, method: &str, path: &str, body: Value) -> Value {
+    let r = runtime().block_on(c.json(method, path, &body)).unwrap();
+    assert!(r.ok(), "{method} {path}: {}", r.text());
+    r.json()
+}
+
+fn api_get(c: &Client, path: &str) -> Value {
+    let r = runtime().block_on(c.get(path)).unwrap();
+    assert!(r.ok(), "GET {path}: {}", r.text());
+    r.json()
+}
+
+/// The pipeline: `build` waits for the test to create `GO` (so the test sees it
+/// running and its log growing) and writes two sections, one collapsed; 24 `unit` jobs
+/// (a stage of 20+ for the graph); `flaky` fails on its first attempt only; `deploy`
+/// is manual.
+fn pipeline(go: &Path, marker: &Path) -> String {
+    format!(
+        r#"
+stages: [build, test, report, deploy]
+build:
+  stage: build
+  script:
+    - printf '\033[0Ksection_start:%s:fetch\r\033[0K\033[36;1mFetching dependencies\033[0m\n' "$(date +%s)"
+    - for i in $(seq 1 120); do echo "dependency $i of 120"; done
+    - printf '\033[0Ksection_end:%s:fetch\r\033[0K\n' "$(date +%s)"
+    - printf '\033[0Ksection_start:%s:env[collapsed=true]\r\033[0KEnvironment\n' "$(date +%s)"
+    - echo "CI_COMMIT_REF_NAME=$CI_COMMIT_REF_NAME"
+    - printf '\033[0Ksection_end:%s:env\r\033[0K\n' "$(date +%s)"
+    - echo "waiting for the go signal"
+    - while [ ! -f {go} ]; do sleep 0.1; done
+    - printf '\033[32mbuild finished after the signal\033[0m\n'
+    - mkdir -p dist && echo binary > dist/app.bin
+  artifacts:
+    paths: [dist/]
+unit:
+  stage: test
+  parallel: 24
+  script: [echo "unit $CI_NODE_INDEX"]
+flaky:
+  stage: test
+  needs: [build]
+  allow_failure: true
+  script:
+    - if [ -f {marker} ]; then echo "second attempt passes"; else touch {marker}; echo "first attempt fails"; exit 1; fi
+report:
+  stage: report
+  needs: [unit]
+  script: [echo report]
+deploy:
+  stage: deploy
+  when: manual
+  script: [echo "deploying to $TARGET"]
+"#,
+        go = go.display(),
+        marker = marker.display()
+    )
+}
+
+fn sign_in(b: &Browser, url: &str, user: &str, password: &str) {
+    b.goto(&format!("{url}/projects"));
+    b.wait_for("form[action='/login']", 10);
+    b.fill("#username", user);
+    b.fill("#password", password);
+    b.click(&b.find("form[action='/login'] button[type=submit]"));
+    b.wait_for("header .username", 10);
+}
+
+fn has_class(b: &Browser, css: &str, class: &str) -> bool {
+    b.try_find(css)
+        .and_then(|e| b.attr(&e, "class"))
+        .is_some_and(|c| c.split_whitespace().any(|x| x == class))
+}
+
+fn status_of(b: &Browser, css: &str) -> Option<String> {
+    b.try_find(css).and_then(|e| b.attr(&e, "data-status"))
+}
+
+#[test]
+#[ignore = "needs chromium and chromium-driver; .ci/run runs it"]
+fn a_pipeline_from_push_to_finished_log_in_the_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let shots = match std::env::var_os("SLIPWAY_SCREENSHOTS") {
+        Some(d) => PathBuf::from(d),
+        None => dir.path().join("screenshots"),
+    };
+    let Some(b) = Browser::start(&shots) else {
+        return;
+    };
+    let server = Server::start(&dir.path().join("data"));
+    let url = server.url.clone();
+    let admin = admin_api(&url);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        follow_a_pipeline(&b, &url, &admin, dir.path());
+    }));
+    if let Err(e) = result {
+        let _ = b.screenshot("failure");
+        eprintln!(
+            "screenshots in {}\n--- server log ---\n{}",
+            shots.display(),
+            server.logs()
+        );
+        std::panic::resume_unwind(e);
+    }
+    eprintln!("screenshots in {}", shots.display());
+}
+
+fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
+    // A repository in a temporary directory, with a first commit.
+    let bare = tmp.join("app.git");
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(
+        &bare,
+        &["init", "--quiet", "--bare", "--initial-branch=main"],
+    );
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "--quiet", "--initial-branch=main"]);
+    git(&work, &["config", "commit.gpgsign", "false"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    std::fs::write(work.join("README.md"), "# app\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "Initial commit"]);
+    git(&work, &["push", "--quiet", "origin", "main"]);
+
+    // Signing in; the projects page is empty.
+    b.goto(&format!("{url}/login"));
+    b.wait_for("#username", 10);
+    b.screenshot("01-login");
+    sign_in(b, url, "admin", ADMIN_PASSWORD);
+    assert!(b.url().ends_with("/projects"), "{}", b.url());
+    b.screenshot("02-projects-empty");
+
+    // Adding the project from the browser, by its path.
+    b.click(&b.find("a[href='/projects/-/new']"));
+    b.wait_for("#repository", 10);
+    b.fill("#name", "app");
+    b.fill("#repository", bare.to_str().unwrap());
+    b.screenshot("03-add-project");
+    b.click(&b.find("form[action='/projects/-/new'] button[type=submit]"));
+    b.wait("the project page", 20, |b| {
+        b.url().ends_with("/projects/app").then_some(())
+    });
+    assert!(b.text(&b.find(".flash")).contains("Project app added."));
+
+    // The hook, as `slipway hook install` sets it up; a viewer and a developer.
+    let hook = api(admin, "POST", "/api/v1/projects/app/hook-token", json!({}));
+    slipway_server::hook::install(
+        &bare,
+        &slipway_server::hook::HookTarget {
+            url: hook["url"].as_str().unwrap().to_string(),
+            token: hook["token"].as_str().unwrap().to_string(),
+        },
+    )
+    .unwrap();
+    api(
+        admin,
+        "POST",
+        "/api/v1/users",
+        json!({"username": "vera", "password": VIEWER_PASSWORD}),
+    );
+    api(
+        admin,
+        "PUT",
+        "/api/v1/projects/app/members/vera",
+        json!({"role": "viewer"}),
+    );
+
+    // The overview waits for a first pipeline; the push makes one appear, live.
+    b.goto(&format!("{url}/projects/app"));
+    b.wait_for("#project-overview", 10);
+    b.mark_document();
+    let go = tmp.join("go");
+    let marker = tmp.join("flaky-ran-once");
+    std::fs::write(work.join(".gitlab-ci.yml"), pipeline(&go, &marker)).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "Add the pipeline"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    let pushed = Instant::now();
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let row = b.wait_for("tr[data-ref='main']", 20);
+    eprintln!("pipeline shown {:?} after the push", pushed.elapsed());
+    assert!(b.same_document(), "the pipeline appeared without a reload");
+    assert!(b.text(&row).contains(&sha[..8]), "{}", b.text(&row));
+    assert!(b.text(&row).contains("push"));
+    b.screenshot("04-project-overview");
+
+    // The pipeline page: the build job goes running, live.
+    let p = api_get(admin, "/api/v1/projects/app/pipelines");
+    let iid = p["items"][0]["iid"].as_i64().unwrap();
+    let pid = p["items"][0]["id"].as_i64().unwrap();
+    b.goto(&format!("{url}/projects/app/pipelines/{iid}"));
+    b.wait_for(".graph", 10);
+    b.mark_document();
+    let build_card = "#job-0";
+    b.wait("build running", 30, |b| {
+        has_class(b, build_card, "st-running").then_some(())
+    });
+    assert_eq!(
+        b.find_all(".job-card[data-stage='test']").len(),
+        25,
+        "24 unit jobs and flaky"
+    );
+    let edges: usize = b
+        .attr(&b.find(".graph"), "data-edges")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(edges, 24 + 1, "report needs 24 units, flaky needs build");
+    b.resize(1366, 1500);
+    b.screenshot("05-pipeline-running");
+    b.resize(1366, 900);
+
+    // The job page while it runs: the stored log, then lines arriving live.
+    let jobs = api_get(admin, &format!("/api/v1/pipelines/{pid}/jobs"));
+    let job_id = |name: &str| {
+        jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap_or_else(|| panic!("no job {name}"))["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (build, flaky, deploy) = (job_id("build"), job_id("flaky"), job_id("deploy"));
+    b.click(&b.find(&format!("{build_card} a.job-link")));
+    b.wait_for("#log[data-stream]", 10);
+    b.mark_document();
+    b.wait("the first section in the log", 20, |b| {
+        b.try_find("#log details.section[data-section='fetch']")
+    });
+    b.wait("the waiting line", 20, |b| {
+        b.text(&b.find("#log"))
+            .contains("waiting for the go signal")
+            .then_some(())
+    });
+    assert_eq!(status_of(b, "#job-head .badge").as_deref(), Some("running"));
+    // Colours are rendered, the collapsed section starts closed, the other open.
+    assert!(b.try_find("#log .term-fg-6.term-bold").is_some());
+    let env = b.find("#log details.section[data-section='env']");
+    assert_eq!(b.attr(&env, "open"), None, "collapsed=true starts closed");
+    let fetch = b.find("#log details.section[data-section='fetch']");
+    assert_eq!(b.attr(&fetch, "open").as_deref(), Some("true"));
+    // Following: the page is at the end of the log.
+    assert_eq!(
+        b.attr(&b.find("#log"), "data-follow").as_deref(),
+        Some("true")
+    );
+    b.screenshot("06-job-running");
+    // A section collapses when its header is clicked.
+    let line = b.find("#log details.section[data-section='fetch'] .line");
+    assert!(b.displayed(&line));
+    b.click(&b.find("#log details.section[data-section='fetch'] > summary"));
+    b.wait("the section to collapse", 5, |b| {
+        (!b.displayed(&line)).then_some(())
+    });
+    assert_eq!(b.attr(&fetch, "open"), None);
+    // Make the log long enough to scroll, then scroll up: following stops.
+    b.click(&b.find("#log details.section[data-section='fetch'] > summary"));
+    b.js(
+        "window.scrollTo(0, document.documentElement.scrollHeight); return null;",
+        vec![],
+    );
+    b.wait("following at the end", 5, |b| {
+        (b.attr(&b.find("#log"), "data-follow").as_deref() == Some("true")).then_some(())
+    });
+    b.js("window.scrollTo(0, 0); return null;", vec![]);
+    b.wait("following to stop", 5, |b| {
+        (b.attr(&b.find("#log"), "data-follow").as_deref() == Some("false")).then_some(())
+    });
+    // The go signal: the rest of the log arrives live, the page stays where it was, and
+    // the final status appears without a reload.
+    std::fs::write(&go, "go").unwrap();
+    b.wait("the last line, live", 30, |b| {
+        b.text(&b.find("#log"))
+            .contains("build finished after the signal")
+            .then_some(())
+    });
+    let y = b.js("return window.scrollY;", vec![]);
+    assert_eq!(y, json!(0), "no scrolling while the reader is up the page");
+    b.wait("the final status", 30, |b| {
+        (status_of(b, "#job-head .badge").as_deref() == Some("success")).then_some(())
+    });
+    assert_eq!(
+        b.attr(&b.find("#log"), "data-complete").as_deref(),
+        Some("true")
+    );
+    assert!(b.same_document(), "all of it without a reload");
+    assert!(b
+        .try_find("#job-facts a[href$='/artifacts/archive']")
+        .is_some());
+    // Every line once.
+    let lines = b.js(
+        "return Array.from(document.querySelectorAll('#log [id^=L]')).map(e => e.id);",
+        vec![],
+    );
+    let ids: Vec<&str> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut dedup = ids.clone();
+    dedup.dedup();
+    assert_eq!(ids.len(), dedup.len(), "no line twice");
+    b.js(
+        "window.scrollTo(0, document.documentElement.scrollHeight); return null;",
+        vec![],
+    );
+    b.screenshot("07-job-finished");
+
+    // Back on the pipeline page: jobs pass live; flaky failed (allowed); deploy waits.
+    b.goto(&format!("{url}/projects/app/pipelines/{iid}"));
+    b.wait_for(".graph", 10);
+    b.mark_document();
+    b.wait("the pipeline to wait on its manual job", 60, |b| {
+        let manual = b.try_find(&format!(
+            ".job-card.st-manual form[action$='/jobs/{deploy}/play']"
+        ));
+        let flaky_failed = b
+            .try_find(&format!(
+                ".job-card.st-warning form[action$='/jobs/{flaky}/retry']"
+            ))
+            .is_some();
+        manual.filter(|_| flaky_failed)
+    });
+    assert!(b.same_document());
+    assert!(has_class(b, build_card, "st-success"));
+    b.resize(1366, 1500);
+    b.screenshot("08-pipeline-manual");
+    b.resize(1366, 900);
+
+    // The manual job is played with its button.
+    b.click(&b.find(&format!("form[action$='/jobs/{deploy}/play'] button")));
+    b.wait("the play notice", 10, |b| {
+        b.try_find(".flash")
+            .filter(|f| b.text(f).contains("Job deploy started."))
+    });
+    b.mark_document();
+    b.wait("deploy to pass", 60, |b| {
+        b.try_find(&format!(".job-card.st-success a[href$='/jobs/{deploy}']"))
+    });
+    assert!(b.same_document(), "the graph followed the job live");
+
+    // The failed job is retried from its page; the new attempt passes.
+    b.goto(&format!("{url}/projects/app/jobs/{flaky}"));
+    b.wait_for("#job-head", 10);
+    assert!(b.text(&b.find("#log")).contains("first attempt fails"));
+    b.click(&b.find(&format!("form[action$='/jobs/{flaky}/retry'] button")));
+    b.wait("the new attempt's page", 10, |b| {
+        (!b.url().ends_with(&format!("/jobs/{flaky}"))).then_some(())
+    });
+    b.wait("the retry to pass", 60, |b| {
+        (status_of(b, "#job-head .badge").as_deref() == Some("success")).then_some(())
+    });
+    b.wait("its log", 20, |b| {
+        b.text(&b.find("#log"))
+            .contains("second attempt passes")
+            .then_some(())
+    });
+    assert!(b.text(&b.find("#job-facts")).contains("Attempts"));
+    b.screenshot("09-job-retried");
+
+    // The pipelines list and the "Run pipeline" form.
+    b.goto(&format!("{url}/projects/app/pipelines"));
+    b.wait_for(&format!("#pipeline-{iid}"), 10);
+    b.wait("the pipeline to pass", 30, |b| {
+        (status_of(b, &format!("#pipeline-{iid} .badge")).as_deref() == Some("success"))
+            .then_some(())
+    });
+    b.screenshot("10-pipelines");
+    b.click(&b.find("a[href='/projects/app/pipelines/new']"));
+    b.wait_for("#ref", 10);
+    b.click(&b.find("[data-add-row='variable-rows']"));
+    assert_eq!(b.find_all("#variable-rows .var-row").len(), 4);
+    b.fill("#vk0", "TARGET");
+    b.fill("#vv0", "staging");
+    b.screenshot("11-run-pipeline");
+    b.click(&b.find("form[action='/projects/app/pipelines'] button[type=submit]"));
+    b.wait("the new pipeline's page", 20, |b| {
+        b.try_find(".flash")
+            .filter(|f| b.text(f).contains("created for main"))
+    });
+    assert!(b
+        .text(&b.find("#pipeline-head"))
+        .contains("run from the web"));
+
+    // A viewer sees the same pages without a single button.
+    b.delete_cookies();
+    sign_in(b, url, "vera", VIEWER_PASSWORD);
+    for page in [
+        format!("/projects/app/pipelines/{iid}"),
+        format!("/projects/app/jobs/{deploy}"),
+        format!("/projects/app/jobs/{build}"),
+        "/projects/app".to_string(),
+        "/projects/app/pipelines".to_string(),
+    ] {
+        b.goto(&format!("{url}{page}"));
+        b.wait_for("main", 10);
+        let forms = b.find_all("main form[method=post]");
+        assert!(
+            forms.is_empty(),
+            "{page}: a viewer is offered {} forms",
+            forms.len()
+        );
+        assert!(b.try_find("a[href$='/pipelines/new']").is_none(), "{page}");
+    }
+    b.goto(&format!("{url}/projects/app/pipelines/{iid}"));
+    b.wait_for(".graph", 10);
+    b.resize(1366, 1500);
+    b.screenshot("12-pipeline-as-viewer");
+}
