@@ -22,6 +22,8 @@
 //! - [`pipelines`]: requests to pipelines (plan, store, auto-cancel).
 //! - [`triggers`]: hook, polling, webhooks, schedules, trigger tokens.
 //! - [`mirrors`], [`logstore`]: the projects' mirrors; the log hub's database view.
+//! - [`deployments`]: environments, deployment records, protection and approvals,
+//!   resource groups, the deployment engine and its router, rollback, notifications.
 
 pub mod ansi;
 pub mod app;
@@ -29,6 +31,7 @@ pub mod artifacts;
 pub mod background;
 pub mod client;
 pub mod cron;
+pub mod deployments;
 pub mod exports;
 pub mod git;
 pub mod hook;
