@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod client_cmd;
 mod console;
+mod demo_cmd;
 mod deploy_cmd;
 mod gitdir;
 mod pipeline_cmds;
@@ -39,6 +40,9 @@ enum Command {
     /// Run the server: API, triggers (hook, polling, webhooks, schedules), scheduler and
     /// job workers.
     Server(server_cmd::ServerArgs),
+    /// A server with a bundled example project (build, test, deploy to dev, staging on a
+    /// click, production after an approval with blue-green), ready in the browser.
+    Demo(demo_cmd::DemoArgs),
     /// Projects on the server.
     Project {
         #[command(subcommand)]
@@ -229,6 +233,7 @@ fn main() -> ExitCode {
         Command::List(a) => pipeline_cmds::list(&a),
         Command::Run(a) => run_cmd::run(&a),
         Command::Server(a) => server_cmd::run(&a),
+        Command::Demo(a) => demo_cmd::run(&a),
         Command::Project { cmd, server } => client_cmd::run(client_cmd::project(server, cmd)),
         Command::Pipelines {
             project,

@@ -138,7 +138,7 @@ pub async fn deploy_after_script(
             let Target::Process(pt) = &def.target;
             pt.listen
         });
-    match engine::run(
+    let ran = engine::run(
         app,
         &d,
         release,
@@ -148,8 +148,9 @@ pub async fn deploy_after_script(
         Some(log),
         Some(cancel),
     )
-    .await
-    {
+    .await;
+    pins(app, d.project_id).await;
+    match ran {
         Ok(r) => match r.status {
             Status::Success => {
                 log.system(&format!(

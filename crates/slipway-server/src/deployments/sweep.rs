@@ -94,6 +94,22 @@ async fn release_groups(app: &AppState, project: Option<slipway_db::ProjectId>) 
 /// rows), then the blobs no manifest names. Pinned artifacts stay whatever their
 /// `expire_in`. Returns how many were deleted.
 pub async fn expire_artifacts(app: &AppState) -> Result<usize, String> {
+    // The pins first, so a deployment that just finished keeps its window right.
+    let mut projects: Vec<slipway_db::ProjectId> = app
+        .store
+        .all_environments()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|e| e.project_id)
+        .collect();
+    projects.dedup();
+    for p in projects {
+        app.store
+            .refresh_artifact_pins(p, app.deployer.keep_deployments)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut deleted = 0;
     loop {
         let expired = app
