@@ -321,6 +321,78 @@ async fn a_release_that_never_gets_healthy_takes_no_traffic(backend: Backend) {
     h.stop().await;
 }
 
+/// The pids of release `release`'s instances, from the process target's PID files.
+fn instance_pids(h: &Harness, release: i64) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(h.data.join("deploy/pids"))
+        .unwrap()
+        .flatten()
+    {
+        let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        if v["release"].as_str() == Some(release.to_string().as_str()) {
+            out.push(v["pid"].as_i64().unwrap() as i32);
+        }
+    }
+    out
+}
+
+/// Blue-green's automatic rollback: v2 took all traffic and v1 is kept warm; then v2's
+/// instances die, their health checks fail, and traffic goes back to v1 by itself. The
+/// deployment of v2 ends as rolled back, saying why.
+async fn a_release_lost_while_the_old_is_warm_is_rolled_back_by_itself(backend: Backend) {
+    let Some(h) = Harness::start(backend).await else {
+        return;
+    };
+    // One failed check makes a ready instance lost (the process target restarts a killed
+    // instance; this must not wait for that).
+    let file = |v: &str| {
+        pipeline(v, "{ blue-green: { keep_warm: 10m } }", "/healthz").replace(
+            "start_timeout: 20s }",
+            "start_timeout: 20s, failure_threshold: 1 }",
+        )
+    };
+    let repo = setup(&h, "shop", &file("1.0.0")).await;
+    let p1 = run_as(&h.admin, "shop", "main").await;
+    let d = h.wait_pipeline(p1).await;
+    assert_eq!(d["pipeline"]["status"], "success", "{d}");
+    let d1 = deployment_of_job(&h, Harness::job(&d, "deploy")["id"].as_i64().unwrap()).await;
+    let addr = router(&environment(&h, "shop", "production").await);
+    assert_eq!(shop::version(&addr).await, "1.0.0");
+
+    repo.commit(&[(".gitlab-ci.yml", &file("2.0.0"))], "v2");
+    let p2 = run_as(&h.admin, "shop", "main").await;
+    let d = h.wait_pipeline(p2).await;
+    assert_eq!(d["pipeline"]["status"], "success", "{d}");
+    let d2 = deployment_of_job(&h, Harness::job(&d, "deploy")["id"].as_i64().unwrap()).await;
+    assert_eq!(d2["status"], "success", "{d2}");
+    assert_eq!(shop::version(&addr).await, "2.0.0");
+    let env = environment(&h, "shop", "production").await;
+    assert_eq!(env["warm"]["release"], d1["id"].to_string(), "{env}");
+
+    // v2's instances are killed (their whole process groups).
+    let pids = instance_pids(&h, d2["id"].as_i64().unwrap());
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for pid in pids {
+        // SAFETY: signalling a process group this test's server started.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let d2 = wait_deployment(&h, d2["id"].as_i64().unwrap(), &["rolled_back"]).await;
+    let reason = d2["reason"].as_str().unwrap();
+    assert!(reason.contains("of the new release"), "{reason}");
+    for _ in 0..20 {
+        assert_eq!(shop::version(&addr).await, "1.0.0", "v1 serves again");
+    }
+    let env = environment(&h, "shop", "production").await;
+    assert_eq!(env["routes"].as_array().unwrap().len(), 1, "{env}");
+    assert!(audit_actions(&h)
+        .await
+        .iter()
+        .any(|(_, a)| a == "deployment.finish"));
+    h.stop().await;
+}
+
 const PROTECTED: &str = r#"
 stages: [build, deploy]
 build:
@@ -1223,6 +1295,7 @@ mod ui {
 server_tests!(
     blue_green_and_rollback_with_the_old_variables,
     a_release_that_never_gets_healthy_takes_no_traffic,
+    a_release_lost_while_the_old_is_warm_is_rolled_back_by_itself,
     approvals_refuse_non_approvers_and_the_triggerer,
     wait_timers_and_allowed_refs,
     promotion_takes_only_what_passed_staging,
