@@ -309,7 +309,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
              \x20 4. Release the next version: change VERSION in {work}/.gitlab-ci.yml, then\n\
              \x20      git -C {work} commit -qam v2 && git -C {work} push -q\n\
              \x20 5. Roll back: the button on production's page, or\n\
-             \x20      SLIPWAY_SERVER={url} SLIPWAY_TOKEN={token} slipway rollback production\n\
+             \x20      SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {token_file}) slipway rollback production\n\
              \nCtrl-C stops the server and its environments; the same command starts them again.\n\
              Everything is in {data} (delete it to start over).",
             first = if fresh {
@@ -319,6 +319,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             },
             work = work.display(),
             data = data.display(),
+            token_file = data.join("cli-token").display(),
         );
         match serve.await {
             Ok(()) => ExitCode::SUCCESS,

@@ -128,8 +128,13 @@ async fn the_demo_shows_the_whole_flow() {
         if let Some(p) = line.trim().strip_prefix("Sign in as admin, password ") {
             password = p.to_string();
         }
-        if let Some(rest) = line.split("SLIPWAY_TOKEN=").nth(1) {
-            token = rest.split_whitespace().next().unwrap().to_string();
+        // The banner names the file with the CLI's token, never the token itself.
+        if line.contains("SLIPWAY_TOKEN=$(cat ") {
+            token = std::fs::read_to_string(data.join("cli-token"))
+                .unwrap()
+                .trim()
+                .to_string();
+            assert!(!line.contains(&token), "{line}");
         }
     }
     assert!(!password.is_empty() && url.starts_with("http://127.0.0.1:"));
