@@ -1,6 +1,6 @@
 //! The deployment commands against a real `slipway server` process: `slipway
 //! environments [--json]`, `slipway deployments ENV [--json]`, `slipway approve|reject
-//! DEPLOYMENT` (a non-approver refused), and `slipway rollback ENV [--to DEPLOYMENT]`
+//! DEPLOYMENT` (a non-approver and the triggerer refused), and `slipway rollback ENV [--to DEPLOYMENT]`
 //! switching the router back to the old version.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -212,9 +212,27 @@ async fn deployment_commands(backend: Backend) {
     );
     assert_eq!(shop::version(&addr).await, "2.0.0");
 
-    // A rejection.
+    // v3, triggered by alice: she may not approve her own deployment (the rule does not
+    // allow self-approval), but she may reject it.
     commit(&work, &[(".gitlab-ci.yml", &pipeline("3.0.0"))], "v3");
-    let (p3, d3) = trigger_and_wait_for_approval(&config, &url, &admin).await;
+    let v = json(&as_alice(&["trigger", "shop", "--json"]));
+    let p3 = v["pipeline"]["id"].as_i64().unwrap();
+    let d3 = wait_for(60, "v3 to wait for approval", || {
+        let envs = json(&cli(&config, &url, &["environments", "--json"]));
+        envs.as_array()?
+            .iter()
+            .find(|e| e["name"] == "production")?["awaiting_approval"]
+            .as_array()?
+            .first()?
+            .as_i64()
+    });
+    let err = fails(&as_alice(&["approve", &d3.to_string()]));
+    assert!(
+        err.contains(&format!(
+            "alice triggered deployment {d3} and environment production does not allow self-approval"
+        )),
+        "{err}"
+    );
     let out = ok(&as_alice(&[
         "reject",
         &d3.to_string(),
