@@ -302,7 +302,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             "\nSlipway demo: {url}/projects/shop/pipelines\n\
              \n  Sign in as admin, password {password}\n\
              \nWhat happens:\n\
-             \x20 1. {first} built and tests the shop service, then deploys it to dev by itself.\n\
+             \x20 1. {first} builds and tests the shop service, then deploys it to dev by itself.\n\
              \x20 2. Deploy to staging: the play button of the pipeline's deploy-staging job.\n\
              \x20 3. Production waits for your approval (Environments > production > Approve),\n\
              \x20    then deploys with blue-green. Each environment's page links its address.\n\
@@ -313,7 +313,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
              \nCtrl-C stops the server and its environments; the same command starts them again.\n\
              Everything is in {data} (delete it to start over).",
             first = if fresh {
-                "The first push (just now)"
+                "The first push (made just now)"
             } else {
                 "Each push"
             },
