@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Blue-green and rollback through the real `slipway server` under steady load: a project
-# whose pipeline builds the demo service (examples/demo/src/main.rs) and deploys it to
+# whose pipeline ships the demo service (examples/demo/src/main.rs, built once here) to
 # production (process target, 2 instances, blue-green, v1 kept warm). Deploys v1 through a
 # pipeline, measures wrk directly against one instance and through the environment's
 # router (interleaved), then drives wrk at the router while v2 is pushed and deployed and
-# `slipway rollback production` brings v1 back. Fails on any failed request.
+# `slipway rollback production` brings v1 back. Fails on any failed request, and (not
+# with --quick) on a rollback command of 1 s or more.
 #
 # usage: bench/server-bluegreen.sh [--quick]     (--quick: one 3 s run each way, for CI)
 set -euo pipefail
