@@ -12,108 +12,17 @@
 //! main page go to `SLIPWAY_SCREENSHOTS` (default: a temporary directory, printed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod server_process;
 mod webdriver;
 
 use serde_json::{json, Value};
+use server_process::{commit, git, repos, ServerProcess, ADMIN_PASSWORD};
 use slipway_server::client::Client;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use webdriver::{free_port, Browser};
+use std::time::Instant;
+use webdriver::Browser;
 
-const ADMIN_PASSWORD: &str = "browser-admin-pw";
 const VIEWER_PASSWORD: &str = "viewer-password";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Ada Lovelace")
-        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-        .env("GIT_COMMITTER_NAME", "Ada Lovelace")
-        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A `slipway server` process; killed (SIGTERM, then SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let port = free_port();
-        let log = data.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(["server", "--data"])
-            .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--executor", "shell", "--concurrency", "4"])
-            .env("SLIPWAY_ADMIN_USER", "admin")
-            .env("SLIPWAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("SLIPWAY_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start slipway server");
-        let s = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let anon = Client::new(&s.url, None).unwrap();
-        let rt = runtime();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !rt
-            .block_on(anon.get("/api/v1/health"))
-            .map(|r| r.ok())
-            .unwrap_or(false)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start: {}",
-                s.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child process by its id.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -122,8 +31,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The API as the administrator: signs in, then makes a personal token.
-fn admin_api(url: &str) -> Client {
+/// The API as the administrator: signs in, then makes a personal token (returned too).
+fn admin_api(url: &str) -> (Client, String) {
     let rt = runtime();
     let anon = Client::new(url, None).unwrap();
     let r = rt
@@ -147,7 +56,8 @@ fn admin_api(url: &str) -> Client {
         ))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
-    Client::new(url, Some(r.json()["token"].as_str().unwrap().to_string())).unwrap()
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    (Client::new(url, Some(token.clone())).unwrap(), token)
 }
 
 fn api(c: &Client, method: &str, path: &str, body: Value) -> Value {
@@ -239,41 +149,27 @@ fn a_pipeline_from_push_to_finished_log_in_the_browser() {
     let Some(b) = Browser::start(&shots) else {
         return;
     };
-    let server = Server::start(&dir.path().join("data"));
+    let server = ServerProcess::start(&dir.path().join("data"), None, &[]);
     let url = server.url.clone();
-    let admin = admin_api(&url);
+    let (admin, token) = admin_api(&url);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        follow_a_pipeline(&b, &url, &admin, dir.path());
+        follow_a_pipeline(&b, &url, &admin, &token, dir.path());
     }));
     if let Err(e) = result {
         let _ = b.screenshot("failure");
         eprintln!(
             "screenshots in {}\n--- server log ---\n{}",
             shots.display(),
-            server.logs()
+            server.log_text()
         );
         std::panic::resume_unwind(e);
     }
     eprintln!("screenshots in {}", shots.display());
 }
 
-fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
+fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &Path) {
     // A repository in a temporary directory, with a first commit.
-    let bare = tmp.join("app.git");
-    let work = tmp.join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(
-        &bare,
-        &["init", "--quiet", "--bare", "--initial-branch=main"],
-    );
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "--quiet", "--initial-branch=main"]);
-    git(&work, &["config", "commit.gpgsign", "false"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(work.join("README.md"), "# app\n").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "Initial commit"]);
-    git(&work, &["push", "--quiet", "origin", "main"]);
+    let (bare, work) = repos(tmp, "app", &[("README.md", "# app\n")]);
 
     // Signing in; the projects page is empty.
     b.goto(&format!("{url}/login"));
@@ -295,16 +191,23 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
     });
     assert!(b.text(&b.find(".flash")).contains("Project app added."));
 
-    // The hook, as `slipway hook install` sets it up; a viewer and a developer.
-    let hook = api(admin, "POST", "/api/v1/projects/app/hook-token", json!({}));
-    slipway_server::hook::install(
-        &bare,
-        &slipway_server::hook::HookTarget {
-            url: hook["url"].as_str().unwrap().to_string(),
-            token: hook["token"].as_str().unwrap().to_string(),
-        },
-    )
-    .unwrap();
+    // The post-receive hook, installed by `slipway hook install`; a viewer.
+    let out = std::process::Command::new(server_process::BIN)
+        .args([
+            "hook",
+            "install",
+            "--project",
+            "app",
+            "--server",
+            url,
+            "--token",
+            token,
+        ])
+        .arg(&bare)
+        .env_remove("SLIPWAY_TOKEN")
+        .output()
+        .unwrap();
+    server_process::ok(&out);
     api(
         admin,
         "POST",
@@ -324,10 +227,12 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
     b.mark_document();
     let go = tmp.join("go");
     let marker = tmp.join("flaky-ran-once");
-    std::fs::write(work.join(".gitlab-ci.yml"), pipeline(&go, &marker)).unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "Add the pipeline"]);
-    let sha = git(&work, &["rev-parse", "HEAD"]);
+    let pipeline_file = pipeline(&go, &marker);
+    let sha = commit(
+        &work,
+        &[(".gitlab-ci.yml", pipeline_file.as_str())],
+        "Add the pipeline",
+    );
     let pushed = Instant::now();
     git(&work, &["push", "--quiet", "origin", "main"]);
     let row = b.wait_for("tr[data-ref='main']", 20);
@@ -421,6 +326,7 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
     b.wait("following to stop", 5, |b| {
         (b.attr(&b.find("#log"), "data-follow").as_deref() == Some("false")).then_some(())
     });
+    b.screenshot("06b-job-running-top");
     // The go signal: the rest of the log arrives live, the page stays where it was, and
     // the final status appears without a reload.
     std::fs::write(&go, "go").unwrap();
@@ -483,7 +389,17 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
     b.screenshot("08-pipeline-manual");
     b.resize(1366, 900);
 
-    // The manual job is played with its button.
+    // The manual job's page offers to run it, with variables.
+    b.goto(&format!("{url}/projects/app/jobs/{deploy}"));
+    b.wait_for("#manual-title", 10);
+    assert!(b
+        .try_find(&format!("form[action$='/jobs/{deploy}/play'] #pk0"))
+        .is_some());
+    b.screenshot("08b-manual-job");
+    b.goto(&format!("{url}/projects/app/pipelines/{iid}"));
+    b.wait_for(".graph", 10);
+
+    // The manual job is played with its button in the graph.
     b.click(&b.find(&format!("form[action$='/jobs/{deploy}/play'] button")));
     b.wait("the play notice", 10, |b| {
         b.try_find(".flash")
@@ -522,6 +438,11 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, tmp: &Path) {
             .then_some(())
     });
     b.screenshot("10-pipelines");
+    b.goto(&format!("{url}/projects"));
+    b.wait_for("a.project-link[href='/projects/app']", 10);
+    b.screenshot("10b-projects");
+    b.goto(&format!("{url}/projects/app/pipelines"));
+    b.wait_for(&format!("#pipeline-{iid}"), 10);
     b.click(&b.find("a[href='/projects/app/pipelines/new']"));
     b.wait_for("#ref", 10);
     b.click(&b.find("[data-add-row='variable-rows']"));

@@ -50,7 +50,7 @@ pub use deployments::{
 };
 pub use error::{Error, Result};
 pub use events::Event;
-pub use listings::{JobBrief, PipelineRow};
+pub use listings::{PipelineRow, StageStatus};
 pub use logs::LogSlice;
 pub use pipelines::{
     AutoCancelCandidate, Job, NewJob, NewPipeline, Pipeline, PipelineQuery, PipelineSource,

@@ -1,6 +1,6 @@
 //! The queries behind lists of many things at once (the web pages' projects and
 //! pipeline lists), so that a page costs a fixed number of queries however many rows it
-//! shows: the newest pipeline of each ref, the jobs of many pipelines in one query,
+//! shows: the newest pipeline of each ref, the stage statuses of many pipelines in one query,
 //! pipelines with the name of whoever triggered them, a user's roles in every project.
 
 use crate::access::Role;
@@ -8,9 +8,8 @@ use crate::error::{Error, Result};
 use crate::pipelines::{pipeline_from, Pipeline, PipelineQuery};
 use crate::row::RowExt;
 use crate::store::Store;
-use crate::types::{JobId, PipelineId, ProjectId, UserId};
+use crate::types::{PipelineId, ProjectId, UserId};
 use serde::Serialize;
-use slipway_core::model::When;
 use slipway_core::schedule::JobStatus;
 use std::collections::HashMap;
 
@@ -27,18 +26,16 @@ pub struct PipelineRow {
     pub username: Option<String>,
 }
 
-/// What a list needs of a job: enough for a stage summary or a mini graph.
+/// How many current jobs of a pipeline's stage are in one status: what a list's stage
+/// summary (mini graph) needs, a few rows per pipeline instead of one per job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobBrief {
-    pub id: JobId,
+pub struct StageStatus {
     pub pipeline_id: PipelineId,
-    pub plan_index: usize,
-    pub name: String,
-    pub stage: String,
     pub stage_index: usize,
+    pub stage: String,
     pub status: JobStatus,
-    pub when: When,
     pub allow_failure: bool,
+    pub jobs: i64,
 }
 
 fn row_from(r: &sqlx::any::AnyRow) -> Result<PipelineRow> {
@@ -123,18 +120,19 @@ impl Store {
             .collect()
     }
 
-    /// The current attempt of every job of each pipeline in `pipelines`, in plan order,
-    /// in one query per 500 pipelines.
-    pub async fn job_briefs(
+    /// The stage statuses of each pipeline in `pipelines` (current attempts, counted by
+    /// stage, status and `allow_failure`), by stage, in one query per 500 pipelines.
+    pub async fn stage_statuses(
         &self,
         pipelines: &[PipelineId],
-    ) -> Result<HashMap<PipelineId, Vec<JobBrief>>> {
-        let mut out: HashMap<PipelineId, Vec<JobBrief>> = HashMap::new();
+    ) -> Result<HashMap<PipelineId, Vec<StageStatus>>> {
+        let mut out: HashMap<PipelineId, Vec<StageStatus>> = HashMap::new();
         for ids in pipelines.chunks(IN_CHUNK) {
             let sql = format!(
-                "SELECT id, pipeline_id, plan_index, name, stage, stage_index, status, job_when, \
-                 allow_failure FROM jobs WHERE retried = 0 AND pipeline_id IN ({}) \
-                 ORDER BY pipeline_id, plan_index, id",
+                "SELECT pipeline_id, stage_index, stage, status, allow_failure, COUNT(*) AS n \
+                 FROM jobs WHERE retried = 0 AND pipeline_id IN ({}) \
+                 GROUP BY pipeline_id, stage_index, stage, status, allow_failure \
+                 ORDER BY pipeline_id, stage_index, stage, status, allow_failure",
                 placeholders(1, ids.len())
             );
             let mut q = sqlx::query(&sql);
@@ -143,21 +141,16 @@ impl Store {
             }
             for r in q.fetch_all(self.pool()).await? {
                 let status = r.text("status")?;
-                let when = r.text("job_when")?;
-                let brief = JobBrief {
-                    id: JobId(r.i64("id")?),
+                let s = StageStatus {
                     pipeline_id: PipelineId(r.i64("pipeline_id")?),
-                    plan_index: r.i64("plan_index")?.max(0) as usize,
-                    name: r.text("name")?,
-                    stage: r.text("stage")?,
                     stage_index: r.i64("stage_index")?.max(0) as usize,
+                    stage: r.text("stage")?,
                     status: JobStatus::parse(&status)
                         .ok_or_else(|| Error::Corrupt(format!("job status {status:?}")))?,
-                    when: crate::pipelines::when_parse(&when)
-                        .ok_or_else(|| Error::Corrupt(format!("job when {when:?}")))?,
                     allow_failure: r.flag("allow_failure")?,
+                    jobs: r.i64("n")?,
                 };
-                out.entry(brief.pipeline_id).or_default().push(brief);
+                out.entry(s.pipeline_id).or_default().push(s);
             }
         }
         Ok(out)

@@ -139,7 +139,7 @@ async fn latest_pipeline_of_each_ref(db: &TestDb) {
     );
 }
 
-async fn job_briefs_of_many_pipelines(db: &TestDb) {
+async fn stage_statuses_of_many_pipelines(db: &TestDb) {
     let s = &db.store;
     let p = s
         .create_project(&system(), NewProject::new("app", "/srv/app.git"))
@@ -153,7 +153,9 @@ async fn job_briefs_of_many_pipelines(db: &TestDb) {
         None,
         &[
             ("build", "build", 0, JobStatus::Pending),
-            ("test", "test", 1, JobStatus::Created),
+            ("unit 1/3", "test", 1, JobStatus::Created),
+            ("unit 2/3", "test", 1, JobStatus::Created),
+            ("unit 3/3", "test", 1, JobStatus::Pending),
         ],
     )
     .await;
@@ -170,24 +172,30 @@ async fn job_briefs_of_many_pipelines(db: &TestDb) {
     // A retried attempt is replaced by the new one.
     let jobs = s.current_jobs(b.id).await.unwrap();
     s.cancel_job(&system(), jobs[0].id).await.unwrap();
-    let retry = s.retry_job(&system(), jobs[0].id).await.unwrap();
+    s.retry_job(&system(), jobs[0].id).await.unwrap();
 
-    let briefs = s.job_briefs(&[a.id, b.id, empty.id]).await.unwrap();
+    let stages = s.stage_statuses(&[a.id, b.id, empty.id]).await.unwrap();
     assert_eq!(
-        briefs[&a.id]
+        stages[&a.id]
             .iter()
-            .map(|j| (j.name.as_str(), j.stage.as_str(), j.stage_index, j.status))
+            .map(|x| (x.stage.as_str(), x.stage_index, x.status, x.jobs))
             .collect::<Vec<_>>(),
         [
-            ("build", "build", 0, JobStatus::Pending),
-            ("test", "test", 1, JobStatus::Created)
+            ("build", 0, JobStatus::Pending, 1),
+            ("test", 1, JobStatus::Created, 2),
+            ("test", 1, JobStatus::Pending, 1),
         ]
     );
-    assert_eq!(briefs[&b.id].len(), 1);
-    assert_eq!(briefs[&b.id][0].id, retry.id);
-    assert_eq!(briefs[&b.id][0].status, JobStatus::Pending);
-    assert!(!briefs.contains_key(&empty.id));
-    assert!(s.job_briefs(&[]).await.unwrap().is_empty());
+    assert_eq!(
+        stages[&b.id]
+            .iter()
+            .map(|x| (x.status, x.jobs))
+            .collect::<Vec<_>>(),
+        [(JobStatus::Pending, 1)],
+        "the canceled attempt no longer counts"
+    );
+    assert!(!stages.contains_key(&empty.id));
+    assert!(s.stage_statuses(&[]).await.unwrap().is_empty());
 
     // More pipelines than one IN list holds.
     let mut ids = Vec::new();
@@ -205,9 +213,9 @@ async fn job_briefs_of_many_pipelines(db: &TestDb) {
             .id,
         );
     }
-    let briefs = s.job_briefs(&ids).await.unwrap();
-    assert_eq!(briefs.len(), 520);
-    assert!(briefs.values().all(|v| v.len() == 1));
+    let stages = s.stage_statuses(&ids).await.unwrap();
+    assert_eq!(stages.len(), 520);
+    assert!(stages.values().all(|v| v.len() == 1 && v[0].jobs == 1));
 }
 
 async fn roles_of_a_user(db: &TestDb) {
@@ -249,6 +257,6 @@ async fn roles_of_a_user(db: &TestDb) {
 db_tests!(
     pipeline_rows_name_the_trigger,
     latest_pipeline_of_each_ref,
-    job_briefs_of_many_pipelines,
+    stage_statuses_of_many_pipelines,
     roles_of_a_user,
 );

@@ -413,11 +413,21 @@ async fn pages_follow_a_pushed_pipeline(backend: Backend) {
     assert!(web.contains("run from the web"));
     assert!(web.contains(" by "), "the trigger's name");
 
+    // The UI's actions are in the audit log under the user who pressed the button.
+    let audit = h.app.store.audit_recent(50).await.unwrap();
+    for action in ["job.play", "job.retry", "pipeline.create"] {
+        assert!(
+            audit.iter().any(|e| e.action == action && e.actor == "dev"),
+            "{action} by dev: {audit:?}"
+        );
+    }
     // Signing out ends the session.
     let out = dev
         .post("/logout", &[("_csrf", &csrf_of(&form_page))])
         .await;
     assert_eq!(out.status, 303);
+    let audit = h.app.store.audit_recent(1).await.unwrap();
+    assert_eq!(audit[0].action, "user.logout");
     let after = dev.get("/projects").await;
     assert_eq!(after.status, 303);
     assert!(after
@@ -486,6 +496,34 @@ async fn live_log_stream_renders_and_resumes(backend: Backend) {
         html.ends_with(&rest),
         "the same lines as the tail of the whole"
     );
+    // A long log of a job still going: the page shows its last part, on a line
+    // boundary, and the stream continues from the end of what is shown.
+    let deploy = Harness::job(&detail, "deploy")["id"].as_i64().unwrap();
+    let mut long = String::new();
+    for i in 0..150_000 {
+        long.push_str(&format!("line {i:06} of the long log\n"));
+    }
+    let size = h
+        .app
+        .store
+        .append_log(slipway_db::JobId(deploy), long.as_bytes())
+        .await
+        .unwrap();
+    let page = admin.page(&format!("/projects/app/jobs/{deploy}")).await;
+    assert!(
+        page.contains("Showing the last 2.0 MiB of the log"),
+        "{}",
+        &page[..2000]
+    );
+    assert!(!page.contains("line 000000 "));
+    assert!(page.contains("line 149999 "));
+    let at = page.find("log.events?start=").unwrap() + "log.events?start=".len();
+    let query = &page[at..at + page[at..].find('"').unwrap()];
+    let (start, offset) = query.split_once("&amp;offset=").unwrap();
+    let (start, offset): (i64, i64) = (start.parse().unwrap(), offset.parse().unwrap());
+    assert!(start > 0 && start < size, "{query}");
+    assert_eq!(offset, size, "everything stored is shown");
+    assert_eq!(&long[start as usize - 1..start as usize], "\n");
     // A viewer outside the project gets nothing.
     h.user("sam", None, "api").await;
     let sam = Browser::sign_in(&h, "sam", "password-of-someone").await;
@@ -599,6 +637,41 @@ async fn sign_in_errors_and_html_errors(backend: Backend) {
         .page("/projects/real")
         .await
         .contains("No pipeline has run yet"));
+    // "Run pipeline" without a pipeline file says why nothing ran.
+    let run = admin.page("/projects/real/pipelines/new").await;
+    let r = admin
+        .post(
+            "/projects/real/pipelines",
+            &[("_csrf", &csrf_of(&run)), ("ref", "main")],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("No pipeline created"), "{}", r.text());
+    // An invalid configuration makes a failed pipeline whose page shows the errors with
+    // their place.
+    work.commit(
+        &[(".gitlab-ci.yml", "build:\n  stage: build\n  script: 5\n")],
+        "Break the pipeline",
+    );
+    work.git(&["push", "--quiet", "origin", "main"]);
+    let r = admin
+        .post(
+            "/projects/real/pipelines",
+            &[("_csrf", &csrf_of(&run)), ("ref", "main")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let failed = admin.page(r.header("location").unwrap()).await;
+    assert!(failed.contains("The pipeline configuration is not valid:"));
+    assert!(failed.contains(".gitlab-ci.yml:3:"), "{failed}");
+    assert!(failed.contains("data-status=\"failed\""));
+    // Pages cannot be framed, and scripts come from this server only.
+    let r = admin.get("/projects/real").await;
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r
+        .header("content-security-policy")
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
     // Only administrators add projects.
     h.user("dev", Some(("real", "developer")), "api").await;
     let dev = Browser::sign_in(&h, "dev", "password-of-someone").await;

@@ -9,8 +9,8 @@ use crate::http::api::pipelines::{check_variables, RunVariable};
 use crate::ui::graph;
 use crate::ui::log;
 use crate::ui::page::{
-    back_to, csrf_field, find_project, notice, problem, project_access, redirect_with, require,
-    Layout, PageError, ProjectTab, SignedIn, Viewer,
+    back_to, csrf_field, notice, open_project, problem, redirect_with, require, Layout, PageError,
+    ProjectTab, SignedIn, Viewer,
 };
 use crate::ui::pipelines::{commit_cell, ref_label};
 use crate::ui::view::{self, Status};
@@ -64,8 +64,7 @@ pub async fn show(
     SignedIn(viewer): SignedIn,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let job = job_of(&app, &project, id).await?;
     let pipeline = app.store.pipeline(job.pipeline_id).await?;
     let attempts: Vec<Job> = app
@@ -206,9 +205,22 @@ pub async fn show(
             }
             div.log #log role="log" aria-live="off" tabindex="0"
                 data-stream=[live.then(|| format!("{base}/log.events?start={}&offset={}", log.start, log.offset))]
+                data-running=[(job.status == JobStatus::Running).then_some("true")]
                 data-complete=(if live { "false" } else { "true" }) {
                 (PreEscaped(&log.html))
-                @if log.size == 0 && !live { div.line.muted { "(no output)" } }
+                @if log.size == 0 {
+                    div.log-placeholder.muted {
+                        @match job.status {
+                            JobStatus::Manual => "The job has not run: it waits for someone to start it.",
+                            JobStatus::Created => "The job waits for the jobs before it.",
+                            JobStatus::Pending => "The job waits for a free executor.",
+                            JobStatus::Scheduled => "The job waits for its delay to pass.",
+                            JobStatus::Running => "The job has started; its output appears here.",
+                            JobStatus::Skipped => "The job was skipped.",
+                            _ => "(no output)",
+                        }
+                    }
+                }
             }
             @if live {
                 p.muted.small.log-waiting #log-waiting { "The log continues live while the job runs." }
@@ -286,8 +298,7 @@ pub async fn play(
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
     viewer.check_csrf(csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::PlayJob, "run manual jobs")?;
     let job = job_of(&app, &project, id).await?;
     let back = back_to(
@@ -335,8 +346,7 @@ pub async fn retry(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::RetryJob, "retry jobs")?;
     let job = job_of(&app, &project, id).await?;
     let page = format!("/projects/{}/jobs/{}", project.name, job.id);
@@ -364,8 +374,7 @@ pub async fn cancel(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::CancelJob, "cancel jobs")?;
     let job = job_of(&app, &project, id).await?;
     let back = back_to(

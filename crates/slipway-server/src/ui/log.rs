@@ -17,7 +17,7 @@
 use crate::ansi::{render_document, LogRenderer};
 use crate::app::AppState;
 use crate::loghub::LogSubscription;
-use crate::ui::page::{find_project, project_access, PageError, SignedIn};
+use crate::ui::page::{open_project, PageError, SignedIn};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -115,8 +115,7 @@ pub async fn events(
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    project_access(&app, &viewer, &project).await?;
+    let (project, _) = open_project(&app, &viewer, &name).await?;
     let job = crate::ui::jobs::job_of(&app, &project, id).await?;
     let resume = headers
         .get("last-event-id")

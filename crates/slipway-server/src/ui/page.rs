@@ -132,6 +132,18 @@ pub fn require(access: &Access, action: Action, what: &str) -> Result<(), PageEr
     }
 }
 
+/// The project named in a page's path and what the viewer may do in it (404 when they
+/// may not see it): how every project page starts.
+pub async fn open_project(
+    app: &AppState,
+    viewer: &Viewer,
+    name: &str,
+) -> Result<(Project, Access), PageError> {
+    let project = find_project(app, name).await?;
+    let access = project_access(app, viewer, &project).await?;
+    Ok((project, access))
+}
+
 /// The project named in a page's path.
 pub async fn find_project(app: &AppState, name: &str) -> Result<Project, PageError> {
     match app.store.project_by_name(name).await? {
@@ -482,7 +494,9 @@ impl<'a> Layout<'a> {
                         }
                         @if let Some(v) = self.viewer {
                             nav.main-nav aria-label="Main" {
-                                a href="/projects" { "Projects" }
+                                // Every page is under a project so far; issue 5's
+                                // instance-wide pages (environments) add entries here.
+                                a href="/projects" aria-current=[self.project.is_none().then_some("page")] { "Projects" }
                             }
                             div.who {
                                 span.username title="Signed in" { (v.user.username) }
@@ -531,8 +545,7 @@ impl<'a> Layout<'a> {
             doc.into_string(),
         )
             .into_response();
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        protect(&mut r);
         if flash.is_some() {
             if let Ok(v) = HeaderValue::from_str(&format!(
                 "{FLASH_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
@@ -542,6 +555,31 @@ impl<'a> Layout<'a> {
         }
         r
     }
+}
+
+/// The headers every page carries: no caching of pages with user data, no framing (the
+/// buttons cannot be clickjacked), scripts only from this server, forms only to it, the
+/// referrer only to it (the action forms use it to come back).
+pub fn protect(r: &mut Response) {
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+             script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; \
+             base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
 }
 
 /// A hidden `_csrf` field for a form.

@@ -7,8 +7,8 @@ use crate::http::api::pipelines::{cancel_all, retry_failed, run_for, RunBody, Ru
 use crate::pipelines::Created;
 use crate::ui::graph::{self, CardActions};
 use crate::ui::page::{
-    csrf_field, find_project, notice, problem, project_access, redirect_with, require, url_encode,
-    Layout, PageError, ProjectTab, SignedIn, Viewer,
+    csrf_field, notice, open_project, problem, redirect_with, require, url_encode, Layout,
+    PageError, ProjectTab, SignedIn, Viewer,
 };
 use crate::ui::view::{self, Status};
 use axum::extract::{Path, Query, State};
@@ -19,32 +19,31 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use slipway_core::schedule::{JobStatus, PipelineStatus};
 use slipway_db::{
-    Action, JobBrief, Pipeline, PipelineId, PipelineQuery, PipelineRow, Project, Timestamp,
+    Action, Pipeline, PipelineId, PipelineQuery, PipelineRow, Project, StageStatus, Timestamp,
 };
 use std::collections::HashMap;
 
 /// Pipelines per page of the list.
 pub const PAGE_SIZE: i64 = 30;
 
-/// A stage in a list: its index, name, and its jobs' statuses (with `allow_failure`).
-type StageSummary<'a> = (usize, &'a str, Vec<(JobStatus, bool)>);
+/// A stage of a list's mini graph: index, name, its jobs' statuses and `allow_failure`.
+type StageJobs<'a> = (usize, &'a str, Vec<(JobStatus, bool)>);
 
-/// The stages of a pipeline as small icons, from its job briefs.
-pub fn mini_graph(project: &str, p: &Pipeline, jobs: &[JobBrief]) -> Markup {
-    let mut stages: Vec<StageSummary> = Vec::new();
-    for j in jobs {
-        match stages
-            .iter_mut()
-            .find(|(i, n, _)| *i == j.stage_index && *n == j.stage)
-        {
-            Some((_, _, v)) => v.push((j.status, j.allow_failure)),
-            None => stages.push((j.stage_index, &j.stage, vec![(j.status, j.allow_failure)])),
+/// The stages of a pipeline as small icons, from its stage statuses.
+pub fn mini_graph(project: &str, p: &Pipeline, stages: &[StageStatus]) -> Markup {
+    // Rows come by stage; each stage's composite status from its statuses.
+    let mut grouped: Vec<StageJobs> = Vec::new();
+    for s in stages {
+        match grouped.last_mut() {
+            Some((i, n, v)) if *i == s.stage_index && *n == s.stage => {
+                v.push((s.status, s.allow_failure))
+            }
+            _ => grouped.push((s.stage_index, &s.stage, vec![(s.status, s.allow_failure)])),
         }
     }
-    stages.sort_by_key(|(i, _, _)| *i);
     html! {
         span.mini-graph {
-            @for (_, name, st) in &stages {
+            @for (_, name, st) in &grouped {
                 @let s = view::composite(st.iter().copied());
                 a href=(format!("/projects/{project}/pipelines/{}#stage-{name}", p.iid)) title=(format!("{name}: {}", s.label())) {
                     (view::icon(s))
@@ -88,7 +87,7 @@ pub fn trigger_cell(row: &PipelineRow) -> Markup {
 pub fn table(
     project: &str,
     rows: &[PipelineRow],
-    jobs: &HashMap<PipelineId, Vec<JobBrief>>,
+    stages: &HashMap<PipelineId, Vec<StageStatus>>,
     now: Timestamp,
     caption: &str,
 ) -> Markup {
@@ -118,7 +117,7 @@ pub fn table(
                         }
                         td { (commit_cell(p)) }
                         td { (trigger_cell(row)) }
-                        td { (mini_graph(project, p, jobs.get(&p.id).map(Vec::as_slice).unwrap_or(&[]))) }
+                        td { (mini_graph(project, p, stages.get(&p.id).map(Vec::as_slice).unwrap_or(&[]))) }
                         td { (view::duration_cell(p.started_at, p.finished_at, now)) }
                         td { (view::time(p.created_at, now)) }
                     }
@@ -161,8 +160,7 @@ pub async fn list(
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let status = parse_status(&q.status);
     let mut rows = app
         .store
@@ -177,7 +175,7 @@ pub async fn list(
     let more = rows.len() as i64 > PAGE_SIZE;
     rows.truncate(PAGE_SIZE as usize);
     let ids: Vec<PipelineId> = rows.iter().map(|r| r.pipeline.id).collect();
-    let jobs = app.store.job_briefs(&ids).await?;
+    let stages = app.store.stage_statuses(&ids).await?;
     let refs = app.store.latest_pipeline_per_ref(project.id, 200).await?;
     let now = app.store.now();
     let next = match (more, rows.last()) {
@@ -233,7 +231,7 @@ pub async fn list(
                 @if rows.is_empty() {
                     p.empty { "No pipelines yet. Push to the repository, or run one." }
                 } @else {
-                    (table(&project.name, &rows, &jobs, now, &title))
+                    (table(&project.name, &rows, &stages, now, &title))
                 }
                 @if let Some(n) = next {
                     p.pager { a href=(n) { "Older pipelines →" } }
@@ -259,8 +257,7 @@ pub async fn show(
     SignedIn(viewer): SignedIn,
     Path((name, iid)): Path<(String, i64)>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let pipeline = pipeline_of(&app, &project, iid).await?;
     let row = app.store.pipeline_row(pipeline.id).await?;
     let jobs = app.store.current_jobs(pipeline.id).await?;
@@ -407,8 +404,7 @@ pub async fn cancel(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::CancelJob, "cancel pipelines")?;
     let p = pipeline_of(&app, &project, iid).await?;
     let back = format!("/projects/{}/pipelines/{}", project.name, p.iid);
@@ -429,8 +425,7 @@ pub async fn retry(
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&f.csrf)?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::RetryJob, "retry jobs")?;
     let p = pipeline_of(&app, &project, iid).await?;
     let back = format!("/projects/{}/pipelines/{}", project.name, p.iid);
@@ -524,8 +519,7 @@ pub async fn new_form(
     SignedIn(viewer): SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::Trigger, "run pipelines")?;
     let refs = known_refs(&app, &project).await;
     Ok(run_form(
@@ -553,8 +547,7 @@ pub async fn run(
             .unwrap_or("")
     };
     viewer.check_csrf(field("_csrf"))?;
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     require(&access, Action::Trigger, "run pipelines")?;
     let ref_name = field("ref").trim().to_string();
     let keys = fields.iter().filter(|(n, _)| n == "variable_key");
@@ -598,11 +591,11 @@ pub async fn run(
     Ok(r)
 }
 
-/// The job briefs of `rows`' pipelines, in one query.
-pub async fn rows_with_jobs(
+/// The stage statuses of `rows`' pipelines, in one query.
+pub async fn stage_statuses(
     app: &AppState,
     rows: &[PipelineRow],
-) -> Result<HashMap<PipelineId, Vec<JobBrief>>, PageError> {
+) -> Result<HashMap<PipelineId, Vec<StageStatus>>, PageError> {
     let ids: Vec<PipelineId> = rows.iter().map(|r| r.pipeline.id).collect();
-    Ok(app.store.job_briefs(&ids).await?)
+    Ok(app.store.stage_statuses(&ids).await?)
 }

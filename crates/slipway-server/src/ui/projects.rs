@@ -6,8 +6,8 @@ use crate::app::AppState;
 use crate::http::api::projects::{add, NewProjectBody};
 use crate::http::error::redact_credentials;
 use crate::ui::page::{
-    csrf_field, find_project, notice, project_access, redirect_with, Layout, PageError, ProjectTab,
-    SignedIn, Viewer,
+    csrf_field, notice, open_project, redirect_with, Layout, PageError, ProjectTab, SignedIn,
+    Viewer,
 };
 use crate::ui::pipelines::{self, commit_cell, ref_label, trigger_cell};
 use crate::ui::view::{self, Status};
@@ -33,7 +33,6 @@ pub async fn list(
         .filter(|p| permits(&viewer.user, roles.get(&p.id).copied(), Action::View))
         .collect();
     Ok(Layout::new("Projects", &viewer)
-        .crumb("Projects", None)
         .watch("projects".into())
         .render(html! {
             div.page-head {
@@ -214,8 +213,7 @@ pub async fn show(
     SignedIn(viewer): SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let project = find_project(&app, &name).await?;
-    let access = project_access(&app, &viewer, &project).await?;
+    let (project, access) = open_project(&app, &viewer, &name).await?;
     let refs = app.store.latest_pipeline_per_ref(project.id, 50).await?;
     let recent = app
         .store
@@ -227,7 +225,7 @@ pub async fn show(
         .await?;
     let mut all = refs.clone();
     all.extend(recent.iter().cloned());
-    let jobs = pipelines::rows_with_jobs(&app, &all).await?;
+    let stages = pipelines::stage_statuses(&app, &all).await?;
     let now = app.store.now();
     let pname = project.name.as_str();
     Ok(Layout::new(pname.to_string(), &viewer)
@@ -265,7 +263,7 @@ pub async fn show(
                                         td { (view::badge(Status::of_pipeline(p.status))) }
                                         td { a href=(format!("/projects/{pname}/pipelines/{}", p.iid)) { "#" (p.iid) } " " span.muted.small { (trigger_cell(row)) } }
                                         td { (commit_cell(p)) }
-                                        td { (pipelines::mini_graph(pname, p, jobs.get(&p.id).map(Vec::as_slice).unwrap_or(&[]))) }
+                                        td { (pipelines::mini_graph(pname, p, stages.get(&p.id).map(Vec::as_slice).unwrap_or(&[]))) }
                                         td { (view::duration_cell(p.started_at, p.finished_at, now)) }
                                         td { (view::time(p.created_at, now)) }
                                     }
@@ -277,7 +275,7 @@ pub async fn show(
                 @if !recent.is_empty() {
                     section aria-labelledby="recent-title" {
                         h2 #recent-title { "Latest pipelines" }
-                        (pipelines::table(pname, &recent, &jobs, now, "Latest pipelines"))
+                        (pipelines::table(pname, &recent, &stages, now, "Latest pipelines"))
                         p.pager { a href=(format!("/projects/{pname}/pipelines")) { "All pipelines →" } }
                     }
                 }

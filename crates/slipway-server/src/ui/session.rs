@@ -169,6 +169,16 @@ pub async fn logout(
     viewer.check_csrf(&f.csrf)?;
     if let Some(token) = crate::http::auth::cookie(&headers, SESSION_COOKIE) {
         app.store.logout(token).await?;
+        // As the API's `DELETE /session` records it.
+        app.store
+            .audit(
+                &viewer.actor(),
+                "user.logout",
+                "user",
+                &viewer.user.id.to_string(),
+                serde_json::json!({}),
+            )
+            .await?;
     }
     let mut r = redirect("/login");
     r.headers_mut().append(

@@ -235,15 +235,9 @@ pub fn duration_ms(ms: i64) -> String {
     }
 }
 
-/// From start to finish, or to now while it runs; `None` before it started.
-pub fn duration(
-    started: Option<Timestamp>,
-    finished: Option<Timestamp>,
-    now: Timestamp,
-) -> Option<i64> {
-    let s = started?;
-    Some((finished.unwrap_or(now).as_millis() - s.as_millis()).max(0))
-}
+/// From start to finish, or to now while it runs; `None` before it started (the API's
+/// `duration_ms`).
+pub use crate::http::api::pipelines::duration;
 
 /// A running duration ticks in the browser (`data-since`).
 pub fn duration_cell(

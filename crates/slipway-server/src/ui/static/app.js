@@ -145,6 +145,8 @@
   }
   // Files rendered fragments (ansi.rs Event::to_html) into the log.
   function append(log, html) {
+    const placeholder = log.querySelector(".log-placeholder");
+    if (placeholder && html) placeholder.remove();
     const t = document.createElement("template");
     t.innerHTML = html;
     for (const el of Array.from(t.content.children)) {
@@ -210,7 +212,8 @@
     window.addEventListener("scroll", () => setFollow(nearBottom()), { passive: true });
     const scroll = () => { if (follow) toBottom(); };
     setFollow(true);
-    scroll();
+    // A running job's page opens at the end of its log, as a terminal would.
+    if (log.dataset.running) scroll();
 
     const es = new EventSource(log.dataset.stream);
     es.addEventListener("log", (e) => {
