@@ -132,7 +132,9 @@ where
     }
 }
 
-fn checked(r: Result<Reply, slipway_server::client::ClientError>) -> Result<Value, String> {
+pub(crate) fn checked(
+    r: Result<Reply, slipway_server::client::ClientError>,
+) -> Result<Value, String> {
     let r = r.map_err(|e| e.to_string())?;
     if r.ok() {
         Ok(r.json())
@@ -141,7 +143,7 @@ fn checked(r: Result<Reply, slipway_server::client::ClientError>) -> Result<Valu
     }
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -154,7 +156,7 @@ fn parse_vars(vars: &[String]) -> Result<Vec<Value>, String> {
         .collect()
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

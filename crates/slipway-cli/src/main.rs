@@ -4,6 +4,8 @@
 mod audit_cmd;
 mod client_cmd;
 mod console;
+mod demo_cmd;
+mod deploy_cmd;
 mod gitdir;
 mod pipeline_cmds;
 mod repo;
@@ -38,6 +40,9 @@ enum Command {
     /// Run the server: API, triggers (hook, polling, webhooks, schedules), scheduler and
     /// job workers.
     Server(server_cmd::ServerArgs),
+    /// A server with a bundled example project (build, test, deploy to dev, staging on a
+    /// click, production after an approval with blue-green), ready in the browser.
+    Demo(demo_cmd::DemoArgs),
     /// Projects on the server.
     Project {
         #[command(subcommand)]
@@ -119,6 +124,63 @@ enum Command {
         #[command(flatten)]
         server: client_cmd::ServerOpts,
     },
+    /// Environments on the server: what runs where (version, commit, since when, deployed
+    /// and approved by whom) and their router addresses.
+    Environments {
+        /// Only this project.
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client_cmd::ServerOpts,
+    },
+    /// An environment's deployment history, newest first.
+    Deployments {
+        environment: String,
+        /// The project (needed when several have an environment of this name).
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client_cmd::ServerOpts,
+    },
+    /// Approve a deployment waiting for approval (the environment's approvers).
+    Approve {
+        deployment: i64,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client_cmd::ServerOpts,
+    },
+    /// Reject a deployment waiting for approval: it is canceled.
+    Reject {
+        deployment: i64,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client_cmd::ServerOpts,
+    },
+    /// Roll an environment back to the previous successful deployment (or --to one),
+    /// with that deployment's own variables; returns once all traffic is on it.
+    Rollback {
+        environment: String,
+        #[arg(long)]
+        to: Option<i64>,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client_cmd::ServerOpts,
+    },
     /// Sign in and save a personal API token for the other commands.
     Login {
         #[arg(long, default_value = "admin")]
@@ -171,6 +233,7 @@ fn main() -> ExitCode {
         Command::List(a) => pipeline_cmds::list(&a),
         Command::Run(a) => run_cmd::run(&a),
         Command::Server(a) => server_cmd::run(&a),
+        Command::Demo(a) => demo_cmd::run(&a),
         Command::Project { cmd, server } => client_cmd::run(client_cmd::project(server, cmd)),
         Command::Pipelines {
             project,
@@ -225,6 +288,47 @@ fn main() -> ExitCode {
             Vec::new(),
         )),
         Command::Hook { cmd, server } => client_cmd::run(client_cmd::hook(server, cmd)),
+        Command::Environments {
+            project,
+            json,
+            server,
+        } => client_cmd::run(deploy_cmd::environments(server, project, json)),
+        Command::Deployments {
+            environment,
+            project,
+            limit,
+            json,
+            server,
+        } => client_cmd::run(deploy_cmd::deployments(
+            server,
+            environment,
+            project,
+            limit,
+            json,
+        )),
+        Command::Approve {
+            deployment,
+            comment,
+            json,
+            server,
+        } => client_cmd::run(deploy_cmd::decide(
+            server, "approve", deployment, comment, json,
+        )),
+        Command::Reject {
+            deployment,
+            comment,
+            json,
+            server,
+        } => client_cmd::run(deploy_cmd::decide(
+            server, "reject", deployment, comment, json,
+        )),
+        Command::Rollback {
+            environment,
+            to,
+            project,
+            json,
+            server,
+        } => client_cmd::run(deploy_cmd::rollback(server, environment, project, to, json)),
         Command::Login {
             username,
             password_stdin,

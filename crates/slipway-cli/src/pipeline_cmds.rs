@@ -178,6 +178,31 @@ pub fn load(repo: &dyn SourceLoader, path: &str, trigger: Option<&Trigger>) -> L
     slipway_core::load_for_trigger(repo, path, trigger)
 }
 
+/// The environments the file's `.slipway` key defines (errors rendered, exit 1).
+pub fn deploy_settings(loaded: &Loaded) -> Result<slipway_core::deploy::DeploySettings, ExitCode> {
+    match loaded
+        .tree
+        .as_ref()
+        .map(slipway_core::deploy::parse_settings)
+    {
+        Some(Ok(s)) => Ok(s),
+        Some(Err(d)) => Err(report_errors(loaded, &d)),
+        None => Ok(Default::default()),
+    }
+}
+
+/// Applies `.slipway`'s `deploy_on` mapping to a plan, as the server does.
+pub fn map_deployments(
+    loaded: &Loaded,
+    pipeline: &Pipeline,
+    plan: &mut slipway_core::plan::Plan,
+    trig: &Trigger,
+) -> Result<(), ExitCode> {
+    let settings = deploy_settings(loaded)?;
+    slipway_core::deploy::mapping::map_plan(&settings, pipeline, plan, trig);
+    Ok(())
+}
+
 pub fn report_errors(loaded: &Loaded, diags: &slipway_core::diag::Diagnostics) -> ExitCode {
     eprintln!("{}", diags.render(&loaded.sources));
     let n = diags.len();
@@ -198,6 +223,9 @@ pub fn lint(args: &FileArgs) -> ExitCode {
     let loaded = load_checked_out(&repo, &path);
     match &loaded.pipeline {
         Ok(p) => {
+            if let Err(code) = deploy_settings(&loaded) {
+                return code;
+            }
             println!(
                 "{path}: valid: {}",
                 summary(p, loaded.sources.files().count())
@@ -267,7 +295,7 @@ pub fn list(args: &ListArgs) -> ExitCode {
         Ok(p) => p,
         Err(d) => return report_errors(&loaded, d),
     };
-    let plan = match plan::plan(pipeline, &trig) {
+    let mut plan = match plan::plan(pipeline, &trig) {
         Err(d) => return report_errors(&loaded, &d),
         Ok(Err(NoPipeline::FilteredByWorkflow)) => {
             if args.json {
@@ -281,6 +309,9 @@ pub fn list(args: &ListArgs) -> ExitCode {
         }
         Ok(Ok(p)) => p,
     };
+    if let Err(code) = map_deployments(&loaded, pipeline, &mut plan, &trig) {
+        return code;
+    }
     let rows: Vec<ListedJob> = plan
         .jobs
         .iter()

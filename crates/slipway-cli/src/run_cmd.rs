@@ -281,6 +281,9 @@ fn run_inner(args: &RunArgs) -> Result<ExitCode, String> {
         }
         Ok(Ok(p)) => p,
     };
+    if let Err(code) = crate::pipeline_cmds::map_deployments(&loaded, &pipeline, &mut plan, &trig) {
+        return Ok(code);
+    }
     if !args.jobs.is_empty() {
         plan = schedule::select(&plan, &args.jobs, args.needs)
             .map_err(|e| format!("{e} (for {}; see `slipway list`)", trig.ref_name))?;

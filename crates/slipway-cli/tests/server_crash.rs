@@ -260,13 +260,13 @@ async fn kill_9_mid_run(backend: Backend) {
         assert_eq!(attempts.len(), 2, "one retry: {attempts:?}");
         assert_eq!(attempts[0]["failure_reason"], "server restarted");
         assert_eq!(attempts[1]["retry_of"], attempts[0]["id"]);
-        assert_eq!(attempts[1]["status"], "success");
         let second = attempts[1]["id"].as_i64().unwrap();
         let log = c
             .get(&format!("/api/v1/jobs/{second}/log"))
             .await
             .unwrap()
             .text();
+        assert_eq!(attempts[1]["status"], "success", "{:?}\n{log}", attempts[1]);
         assert!(log.contains("second attempt"), "{log}");
         let later = d["jobs"]
             .as_array()

@@ -15,6 +15,12 @@ pub mod reason {
     pub const JOB_EXECUTION_TIMEOUT: &str = "job_execution_timeout";
     pub const RUNNER_SYSTEM_FAILURE: &str = "runner_system_failure";
     pub const UNKNOWN_FAILURE: &str = "unknown_failure";
+    /// GitLab's reason for a deployment job whose deployment was refused or rejected
+    /// (a protected environment's rule, a promotion rule, an approver).
+    pub const DEPLOYMENT_REJECTED: &str = "deployment_rejected";
+    /// Slipway's: the deployment engine could not bring the release up (health checks
+    /// failed, the process would not start).
+    pub const DEPLOYMENT_FAILURE: &str = "deployment_failure";
 }
 
 /// Whether a failed attempt is retried, by `retry:when` (failure reasons) and

@@ -24,8 +24,14 @@ pub enum JobStatus {
     Skipped,
     /// A manual job waiting to be played.
     Manual,
-    /// A delayed job waiting for its `start_in` to pass.
+    /// A delayed job waiting for its `start_in` to pass (also a deployment job waiting
+    /// for its environment's wait timer).
     Scheduled,
+    /// A deployment job held until its protected environment's approvals are given
+    /// (GitLab shows these as blocked manual jobs; they cannot be played).
+    WaitingForApproval,
+    /// Waiting for its `resource_group` to be free (GitLab's `waiting_for_resource`).
+    WaitingForResource,
 }
 
 impl JobStatus {
@@ -40,6 +46,8 @@ impl JobStatus {
             JobStatus::Skipped => "skipped",
             JobStatus::Manual => "manual",
             JobStatus::Scheduled => "scheduled",
+            JobStatus::WaitingForApproval => "waiting_for_approval",
+            JobStatus::WaitingForResource => "waiting_for_resource",
         }
     }
 
@@ -62,6 +70,8 @@ impl JobStatus {
             "skipped" => JobStatus::Skipped,
             "manual" => JobStatus::Manual,
             "scheduled" => JobStatus::Scheduled,
+            "waiting_for_approval" => JobStatus::WaitingForApproval,
+            "waiting_for_resource" => JobStatus::WaitingForResource,
             _ => return None,
         })
     }
@@ -366,7 +376,11 @@ pub fn settle(plan: &Plan, statuses: &mut [JobStatus]) {
     let busy = statuses.iter().any(|s| {
         matches!(
             s,
-            JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+            JobStatus::Pending
+                | JobStatus::Running
+                | JobStatus::Scheduled
+                | JobStatus::WaitingForApproval
+                | JobStatus::WaitingForResource
         )
     });
     if busy {
@@ -388,7 +402,10 @@ pub fn pipeline_status(plan: &Plan, statuses: &[JobStatus]) -> PipelineStatus {
     let active = statuses.iter().any(|s| {
         matches!(
             s,
-            JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+            JobStatus::Pending
+                | JobStatus::Running
+                | JobStatus::Scheduled
+                | JobStatus::WaitingForResource
         )
     });
     if active {
@@ -416,6 +433,7 @@ pub fn pipeline_status(plan: &Plan, statuses: &[JobStatus]) -> PipelineStatus {
         .iter()
         .enumerate()
         .any(|(i, s)| *s == JobStatus::Manual && !plan.jobs[i].allow_failure)
+        || statuses.contains(&JobStatus::WaitingForApproval)
     {
         return PipelineStatus::Blocked;
     }
@@ -736,8 +754,30 @@ mod tests {
             JobStatus::Skipped,
             JobStatus::Manual,
             JobStatus::Scheduled,
+            JobStatus::WaitingForApproval,
+            JobStatus::WaitingForResource,
         ] {
             assert_eq!(JobStatus::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn held_deployment_jobs_hold_later_jobs_and_the_pipeline() {
+        let p = plan(vec![
+            job("build", 0, When::OnSuccess, false, None),
+            job("deploy", 1, When::OnSuccess, false, None),
+            job("smoke", 2, When::OnSuccess, false, None),
+        ]);
+        let mut st = vec![
+            JobStatus::Success,
+            JobStatus::WaitingForApproval,
+            JobStatus::Created,
+        ];
+        assert!(advance(&p, &mut st).is_empty());
+        assert_eq!(st[2], JobStatus::Created, "smoke waits for the approval");
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Blocked);
+        st[1] = JobStatus::WaitingForResource;
+        assert!(advance(&p, &mut st).is_empty());
+        assert_eq!(pipeline_status(&p, &st), PipelineStatus::Running);
     }
 }

@@ -7,7 +7,7 @@
 //! `LISTEN`ing connection per store feeds them into the local channel. Events are hints
 //! to look again, never the data itself: a lagging receiver re-reads the state.
 
-use crate::types::{JobId, PipelineId, ProjectId};
+use crate::types::{DeploymentId, JobId, PipelineId, ProjectId};
 use tokio::sync::broadcast;
 
 /// The `NOTIFY` channel used on PostgreSQL.
@@ -26,6 +26,13 @@ pub enum Event {
     },
     /// The job's log grew to `size` bytes.
     LogAppended { job: JobId, size: i64 },
+    /// A deployment was created, approved, rejected, or changed status or phase.
+    DeploymentChanged {
+        deployment: DeploymentId,
+        project: ProjectId,
+    },
+    /// A resource group's process mode changed: a waiting job may go now.
+    ResourceGroupChanged { project: ProjectId },
 }
 
 impl Event {
@@ -35,6 +42,11 @@ impl Event {
             Event::JobChanged { job, pipeline } => format!("j:{job}:{pipeline}"),
             Event::PipelineChanged { pipeline, project } => format!("p:{pipeline}:{project}"),
             Event::LogAppended { job, size } => format!("l:{job}:{size}"),
+            Event::DeploymentChanged {
+                deployment,
+                project,
+            } => format!("d:{deployment}:{project}"),
+            Event::ResourceGroupChanged { project } => format!("r:{project}"),
         }
     }
 
@@ -55,6 +67,13 @@ impl Event {
             "l" => Event::LogAppended {
                 job: JobId(num()?),
                 size: num()?,
+            },
+            "d" => Event::DeploymentChanged {
+                deployment: DeploymentId(num()?),
+                project: ProjectId(num()?),
+            },
+            "r" => Event::ResourceGroupChanged {
+                project: ProjectId(num()?),
             },
             _ => return None,
         })

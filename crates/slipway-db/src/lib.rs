@@ -10,6 +10,8 @@
 //!   [`logs`]: durable, group-committed job logs; [`artifacts`]: the artifacts index;
 //! - [`users`]: users, sessions, API tokens, groups; [`access`]: roles and the
 //!   permission check;
+//! - [`deployments`]: environments, protection rules, deployments and approvals,
+//!   resource groups, notification webhooks, the artifact pins of recent deployments;
 //! - [`audit`]: the hash-chained audit log, written in the same transaction as the
 //!   change it records;
 //! - [`events`]: change notifications for waiters (queue, live logs, pages);
@@ -22,6 +24,7 @@ pub mod access;
 pub mod artifacts;
 pub mod audit;
 pub mod crypto;
+pub mod deployments;
 pub mod error;
 pub mod events;
 pub mod listings;
@@ -40,6 +43,11 @@ pub use access::{permits, Action, Member, Role};
 pub use artifacts::{Artifact, NewArtifact};
 pub use audit::{Actor, AuditEntry, AuditProblem, AuditProblemKind, AuditReport};
 pub use crypto::SecretKey;
+pub use deployments::{
+    Approval, Decided, Decision, Deployment, DeploymentStatus, DeploymentVariable,
+    DeploymentWebhook, EngineSync, Environment, NamedGroup, NamedUser, NewDeployment, ProcessMode,
+    ProtectionInput, ProtectionRule, ResourceGroup, WebhookTarget,
+};
 pub use error::{Error, Result};
 pub use events::Event;
 pub use listings::{PipelineRow, StageStatus};

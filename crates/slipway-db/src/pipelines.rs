@@ -180,6 +180,10 @@ pub struct Job {
     pub log_size: i64,
     /// Variables its `artifacts:reports:dotenv` exported, for the jobs that depend on it.
     pub dotenv: Vec<KeyValue>,
+    /// Its `resource_group` (expanded): jobs of one group run one at a time.
+    pub resource_group: Option<String>,
+    /// The resource group was given to this attempt (it may run).
+    pub resource_assigned: bool,
 }
 
 /// A pipeline to create, with its jobs in plan order.
@@ -244,6 +248,8 @@ pub struct NewJob {
     /// Usually `created`; `pending` for jobs that may start at once.
     pub status: JobStatus,
     pub scheduled_at: Option<Timestamp>,
+    /// Its `resource_group`, expanded.
+    pub resource_group: Option<String>,
 }
 
 impl NewJob {
@@ -258,6 +264,7 @@ impl NewJob {
             tags: Vec::new(),
             status: JobStatus::Created,
             scheduled_at: None,
+            resource_group: None,
         }
     }
 
@@ -273,6 +280,7 @@ impl NewJob {
             tags: Vec::new(),
             status: JobStatus::Created,
             scheduled_at: None,
+            resource_group: None,
         }
     }
 }
@@ -366,6 +374,8 @@ pub(crate) fn job_from(r: &sqlx::any::AnyRow) -> Result<Job> {
         cancel_requested: r.flag("cancel_requested")?,
         log_size: r.i64("log_size")?,
         dotenv: r.json("dotenv")?,
+        resource_group: r.opt_text("resource_group")?,
+        resource_assigned: r.flag("resource_assigned")?,
     })
 }
 
@@ -418,8 +428,8 @@ pub(crate) async fn insert_retry(tx: &mut WriteTx, old: &Job, by: Option<UserId>
     let r = sqlx::query(
         "INSERT INTO jobs (pipeline_id, project_id, plan_index, name, stage, stage_index, status, job_when, \
          allow_failure, interruptible, tags, attempt, retry_of, variables, triggered_by, created_at, \
-         queued_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15) RETURNING *",
+         queued_at, updated_at, resource_group) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15, $16) RETURNING *",
     )
     .bind(old.pipeline_id.0)
     .bind(old.project_id.0)
@@ -436,6 +446,7 @@ pub(crate) async fn insert_retry(tx: &mut WriteTx, old: &Job, by: Option<UserId>
     .bind(to_json(&old.variables)?)
     .bind(by.or(old.triggered_by).map(|u| u.0))
     .bind(now.0)
+    .bind(old.resource_group.as_deref())
     .fetch_one(tx.conn())
     .await?;
     let job = job_from(&r)?;
@@ -558,8 +569,9 @@ impl Store {
             queued |= j.status == JobStatus::Pending;
             let r = sqlx::query(
                 "INSERT INTO jobs (pipeline_id, project_id, plan_index, name, stage, stage_index, status, job_when, \
-                 allow_failure, interruptible, tags, created_at, updated_at, queued_at, scheduled_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15) RETURNING *",
+                 allow_failure, interruptible, tags, created_at, updated_at, queued_at, scheduled_at, finished_at, \
+                 resource_group) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16) RETURNING *",
             )
             .bind(pipeline.id.0)
             .bind(p.project.0)
@@ -576,6 +588,7 @@ impl Store {
             .bind((j.status == JobStatus::Pending).then_some(now.0))
             .bind(j.scheduled_at.map(|t| t.0))
             .bind(j.status.is_finished().then_some(now.0))
+            .bind(j.resource_group.as_deref())
             .fetch_one(tx.conn())
             .await?;
             jobs.push(job_from(&r)?);

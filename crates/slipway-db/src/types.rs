@@ -41,6 +41,16 @@ id_type!(
     ArtifactId
 );
 id_type!(ApiTokenId);
+id_type!(
+    /// An environment of a project (dev, staging, production...).
+    EnvironmentId
+);
+id_type!(
+    /// A deployment, unique across projects (`slipway approve 42`).
+    DeploymentId
+);
+id_type!(ProtectionRuleId);
+id_type!(DeploymentWebhookId);
 id_type!(TriggerTokenId);
 id_type!(SessionId);
 

@@ -18,7 +18,7 @@ use crate::router::{RouteTarget, Router};
 use crate::store::{
     DeploymentRecord, EnvironmentRecord, IntentStore, ReleaseRecord, RouteShare, WarmRecord,
 };
-use crate::target::{DeploymentTarget, Reclaimed, ReleaseSpec, TargetEvent};
+use crate::target::{BoxFuture, DeploymentTarget, Reclaimed, ReleaseSpec, TargetEvent};
 use serde::{Deserialize, Serialize};
 use slipway_core::deploy::health::{HealthTracker, Probe};
 use slipway_core::deploy::machine::{Action, Deployment, Event, Phase, Plan, Slot, Status};
@@ -61,7 +61,13 @@ impl fmt::Debug for Release {
 /// Where the engine finds a past deployment's release again after a restart (the server:
 /// its deployment table and secret store).
 pub trait ReleaseCatalog: Send + Sync {
-    fn release(&self, environment: &str, deployment: &str) -> Option<Release>;
+    /// The release `deployment` brought to `environment` (artifact extracted, that
+    /// deployment's variables), if it can still be had.
+    fn release<'a>(
+        &'a self,
+        environment: &'a str,
+        deployment: &'a str,
+    ) -> BoxFuture<'a, Option<Release>>;
 }
 
 /// A catalog in memory (tests, the example binary).
@@ -80,12 +86,18 @@ impl MemoryCatalog {
 }
 
 impl ReleaseCatalog for MemoryCatalog {
-    fn release(&self, environment: &str, deployment: &str) -> Option<Release> {
-        self.releases
+    fn release<'a>(
+        &'a self,
+        environment: &'a str,
+        deployment: &'a str,
+    ) -> BoxFuture<'a, Option<Release>> {
+        let found = self
+            .releases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(environment.to_string(), deployment.to_string()))
-            .cloned()
+            .cloned();
+        Box::pin(async move { found })
     }
 }
 
@@ -409,6 +421,14 @@ impl Engine {
         self.inner.events.subscribe()
     }
 
+    /// Queues a notification on the engine's notifier (for deployments done outside the
+    /// engine, such as a job's own script); never waits.
+    pub fn notify(&self, n: Notification) {
+        if let Some(notifier) = &self.inner.notifier {
+            notifier.notify(n);
+        }
+    }
+
     /// The router's per-release counters.
     pub fn metrics(&self) -> Arc<dyn MetricProvider> {
         self.inner.metrics.clone()
@@ -569,6 +589,7 @@ impl Inner {
         if let Some(n) = &self.notifier {
             n.notify(Notification {
                 event: kind,
+                project: None,
                 environment: d.environment.clone(),
                 deployment: d.id.clone(),
                 version: d.release.version.clone(),
@@ -858,6 +879,7 @@ impl Actor {
             .inner
             .catalog
             .release(&self.spec.name, &serving.release)
+            .await
         else {
             self.inner.emit(EngineEvent::Restored {
                 environment: self.spec.name.clone(),

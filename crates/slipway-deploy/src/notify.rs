@@ -14,6 +14,7 @@
 //!   Receivers recompute it, compare in constant time and reject old timestamps.
 
 use crate::http::{HttpClient, HttpError};
+use crate::target::BoxFuture;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use hyper::Method;
@@ -89,6 +90,9 @@ impl NotificationKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Notification {
     pub event: NotificationKind,
+    /// The project, when the server knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub environment: String,
     pub deployment: String,
     pub version: Option<String>,
@@ -151,6 +155,30 @@ pub struct NotifierStats {
     pub dropped: AtomicU64,
 }
 
+/// Where the webhooks of a notification come from: a fixed list, or (the server) the
+/// hooks configured for the notification's project and environment, looked up when it
+/// is delivered. The source may also complete the notification (the server names the
+/// project and the environment as users know them).
+pub trait WebhookSource: Send + Sync {
+    fn webhooks(&self, n: Notification) -> BoxFuture<'_, (Notification, Vec<Webhook>)>;
+}
+
+impl WebhookSource for Vec<Webhook> {
+    fn webhooks(&self, n: Notification) -> BoxFuture<'_, (Notification, Vec<Webhook>)> {
+        Box::pin(async move { (n, self.clone()) })
+    }
+}
+
+/// Whether the notifier can deliver to `url` (only `http://` for now: no TLS stack is
+/// linked).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err("only http:// webhooks are supported for now (no TLS stack is linked)".into())
+    }
+}
+
 #[derive(Clone)]
 pub struct Notifier {
     tx: mpsc::Sender<Notification>,
@@ -162,16 +190,18 @@ impl Notifier {
     /// (only `http://` for now).
     pub fn start(hooks: Vec<Webhook>, policy: RetryPolicy) -> Result<Notifier, String> {
         for h in &hooks {
-            if !h.url.starts_with("http://") {
-                return Err(format!(
-                    "{h:?}: only http:// webhooks are supported for now (no TLS stack is linked)"
-                ));
-            }
+            check_url(&h.url).map_err(|e| format!("{h:?}: {e}"))?;
         }
+        Ok(Notifier::start_with(Arc::new(hooks), policy))
+    }
+
+    /// Start the background delivery to whatever `source` names for each notification
+    /// (a URL the notifier cannot reach counts as a failed delivery).
+    pub fn start_with(source: Arc<dyn WebhookSource>, policy: RetryPolicy) -> Notifier {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(NotifierStats::default());
-        tokio::spawn(dispatch(rx, Arc::new(hooks), policy, stats.clone()));
-        Ok(Notifier { tx, stats })
+        tokio::spawn(dispatch(rx, source, policy, stats.clone()));
+        Notifier { tx, stats }
     }
 
     /// Queue an event; returns at once. `false` when the queue was full and it was
@@ -193,7 +223,7 @@ impl Notifier {
 
 async fn dispatch(
     mut rx: mpsc::Receiver<Notification>,
-    hooks: Arc<Vec<Webhook>>,
+    source: Arc<dyn WebhookSource>,
     policy: RetryPolicy,
     stats: Arc<NotifierStats>,
 ) {
@@ -201,14 +231,19 @@ async fn dispatch(
     let slots = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
     let mut seq: u64 = 0;
     while let Some(n) = rx.recv().await {
+        let (n, hooks) = source.webhooks(n).await;
         let n = Arc::new(n);
-        for hook in hooks.iter() {
+        for hook in hooks {
+            if check_url(&hook.url).is_err() {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             seq += 1;
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
             let delivery = format!("{}-{}-{seq}", n.at_ms, std::process::id());
-            let (client, hook, n, stats) = (client.clone(), hook.clone(), n.clone(), stats.clone());
+            let (client, n, stats) = (client.clone(), n.clone(), stats.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 deliver(&client, &hook, &n, &delivery, policy, &stats).await;

@@ -112,6 +112,7 @@ async fn wait_for(got: &Arc<Mutex<Vec<Received>>>, n: usize) -> Vec<Received> {
 fn sample(kind: NotificationKind) -> Notification {
     Notification {
         event: kind,
+        project: None,
         environment: "production".into(),
         deployment: "42".into(),
         version: Some("v2".into()),

@@ -37,6 +37,13 @@ pub struct ServerConfig {
     pub session_ttl: Duration,
     /// How often trigger loops look for due polls and schedules.
     pub tick: Duration,
+    /// Successful deployments per environment whose artifacts never expire (rollback
+    /// targets).
+    pub keep_deployments: i64,
+    /// How often expired artifacts are deleted.
+    pub artifact_expiry: Duration,
+    /// Retries of deployment notifications.
+    pub notify_retry: slipway_deploy::notify::RetryPolicy,
 }
 
 impl ServerConfig {
@@ -54,6 +61,9 @@ impl ServerConfig {
             heartbeat: Duration::from_secs(10),
             session_ttl: Duration::from_secs(14 * 24 * 3600),
             tick: Duration::from_secs(1),
+            keep_deployments: 5,
+            artifact_expiry: Duration::from_secs(600),
+            notify_retry: slipway_deploy::notify::RetryPolicy::default(),
         }
     }
 
@@ -133,6 +143,8 @@ pub struct App {
     pub base_url: String,
     /// Cancelled on shutdown: loops and workers stop.
     pub shutdown: CancellationToken,
+    /// Environments and deployments: the engine, its routers, notifications.
+    pub deployer: crate::deployments::Deployer,
 }
 
 pub type AppState = Arc<App>;
@@ -163,6 +175,11 @@ impl App {
             exports: crate::exports::Exports::default(),
             base_url,
             shutdown: CancellationToken::new(),
+            deployer: crate::deployments::Deployer::new(
+                &config.data_dir,
+                config.keep_deployments,
+                config.notify_retry,
+            ),
             config,
         })
     }

@@ -566,6 +566,16 @@ impl Mirror {
 
     /// Changes where the mirror fetches from (the project's repository moved).
     pub fn set_source(&self, source: &RepoSource) -> Result<(), GitError> {
+        // Read first: opening a mirror calls this every time, and a needless write
+        // takes git's config lock, which a concurrent reader-turned-writer then hits.
+        let (ok, current, _) = self
+            .git()
+            .args(["config", "--get", "remote.origin.url"])
+            .run_status()?;
+        let current = current.strip_suffix(b"\n").unwrap_or(&current);
+        if ok && current == std::os::unix::ffi::OsStrExt::as_bytes(source.as_arg()) {
+            return Ok(());
+        }
         self.git()
             .args(["config", "remote.origin.url"])
             .arg(source.as_arg())

@@ -29,6 +29,8 @@
 //!   [`recovery`]: jobs of a dead process or a silent holder.
 //! - [`mirrors`], [`logstore`], [`artifacts`], [`tar`]: mirrors, the log hub's view of
 //!   the store, artifact downloads; [`client`]: the HTTP client the CLI uses.
+//! - [`deployments`]: environments, deployment records, protection and approvals,
+//!   resource groups, the deployment engine and its router, rollback, notifications.
 
 pub mod ansi;
 pub mod app;
@@ -36,6 +38,7 @@ pub mod artifacts;
 pub mod background;
 pub mod client;
 pub mod cron;
+pub mod deployments;
 pub mod exports;
 pub mod git;
 pub mod hook;

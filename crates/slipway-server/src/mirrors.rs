@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 pub struct Mirrors {
     root: PathBuf,
     open: Mutex<HashMap<ProjectId, Arc<Mirror>>>,
+    /// Held while a mirror is opened or created: after a restart every worker asks for
+    /// the mirror at once, and concurrent `git config` writes to it fail on git's lock.
+    opening: tokio::sync::Mutex<()>,
     /// Serialises "fetch, compare, create pipelines" per project, so the hook, a webhook
     /// and polling seeing the same push make one pipeline.
     triggers: Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<()>>>>,
@@ -21,6 +24,7 @@ impl Mirrors {
         Mirrors {
             root,
             open: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
             triggers: Mutex::new(HashMap::new()),
         }
     }
@@ -47,6 +51,10 @@ impl Mirrors {
 
     /// The project's mirror, created (and fetched in full) on first use.
     pub async fn get(&self, project: &Project) -> Result<Arc<Mirror>, GitError> {
+        if let Some(m) = self.lock().get(&project.id) {
+            return Ok(m.clone());
+        }
+        let _opening = self.opening.lock().await;
         if let Some(m) = self.lock().get(&project.id) {
             return Ok(m.clone());
         }

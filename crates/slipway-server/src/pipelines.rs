@@ -14,6 +14,7 @@ use crate::request::{
     plan_at_commit, PipelineRequest, PlanError, PlanOutcome, PositionedError, ProjectInfo,
 };
 use serde::{Deserialize, Serialize};
+use slipway_core::deploy::DeploySettings;
 use slipway_core::model;
 use slipway_core::plan::Plan;
 use slipway_core::schedule::{self, JobStatus, PipelineStatus};
@@ -55,6 +56,9 @@ pub struct PipelineDocument {
     /// Why a push pipeline was skipped (`[skip ci]`, `-o ci.skip`).
     #[serde(default)]
     pub skip_reason: Option<String>,
+    /// The commit's environment definitions (`.slipway`): how its deployments run.
+    #[serde(default)]
+    pub deploy: Option<DeploySettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +338,7 @@ pub async fn create(
                 auto_cancel_on_job_failure: None,
                 errors,
                 skip_reason: None,
+                deploy: None,
             }
         }
         Ok(p) => {
@@ -352,7 +357,15 @@ pub async fn create(
                 (Some(plan), _) => plan,
                 // A skipped pipeline still lists its jobs, all skipped, as on GitLab.
                 (None, _) => match slipway_core::plan::plan(&p.pipeline, &p.trigger) {
-                    Ok(Ok(plan)) => plan,
+                    Ok(Ok(mut plan)) => {
+                        slipway_core::deploy::mapping::map_plan(
+                            &p.deploy,
+                            &p.pipeline,
+                            &mut plan,
+                            &p.trigger,
+                        );
+                        plan
+                    }
                     _ => Plan {
                         name: None,
                         stages: Vec::new(),
@@ -393,6 +406,11 @@ pub async fn create(
                     j.status = *status;
                     if let Some(def) = definitions.get(definition_index[i]) {
                         j.tags = def.tags.clone();
+                        j.resource_group = def
+                            .resource_group
+                            .as_deref()
+                            .map(|g| expand_job_value(g, pj, &p.trigger))
+                            .filter(|g| !g.is_empty());
                     }
                     if *status == JobStatus::Scheduled {
                         let secs = pj
@@ -415,6 +433,7 @@ pub async fn create(
                 auto_cancel_on_job_failure: p.pipeline.workflow.auto_cancel_on_job_failure.clone(),
                 errors: Vec::new(),
                 skip_reason: skip,
+                deploy: Some(p.deploy.clone()),
             }
         }
     };
@@ -468,6 +487,32 @@ pub async fn create(
 
 fn jobs_will_run(p: &NewPipeline) -> bool {
     p.jobs.iter().any(|j| j.status == JobStatus::Pending)
+}
+
+/// A job's keyword value with variables expanded as GitLab does on the server (the
+/// job's variables, then the pipeline's and the predefined ones; unknown ones removed):
+/// `resource_group: deploy-$CI_ENVIRONMENT_NAME`.
+pub fn expand_job_value(
+    value: &str,
+    job: &slipway_core::plan::PlannedJob,
+    trigger: &slipway_core::plan::Trigger,
+) -> String {
+    slipway_core::variables::expand_server(value, &|key| {
+        job.variables
+            .iter()
+            .rev()
+            .find(|v| v.key == key)
+            .map(|v| v.value.clone())
+            .or_else(|| {
+                trigger
+                    .variables
+                    .iter()
+                    .rev()
+                    .chain(trigger.predefined.iter().rev())
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            })
+    })
 }
 
 /// `workflow:auto_cancel:on_new_commit` of each older unfinished pipeline on the same ref

@@ -85,6 +85,10 @@ pub struct JobPayload {
     pub dependencies: Vec<Dependency>,
     /// `when: manual` (played) or `when: delayed`.
     pub manual: bool,
+    /// The deployment this job makes (set by the gate once it may run): after a
+    /// successful script the server deploys its release.
+    #[serde(default)]
+    pub deployment: Option<i64>,
 }
 
 /// Artifacts a job saved.
@@ -189,12 +193,25 @@ impl JobQueue for LocalQueue {
             else {
                 return Ok(None);
             };
-            match payload(app, &job).await {
-                Ok(p) => Ok(Some(Assignment {
+            let gated = match payload(app, &job).await {
+                Ok(mut p) => match crate::deployments::gate::check(app, &lease, &job, &p).await {
+                    Ok(crate::deployments::gate::Gate::Run(d)) => {
+                        p.deployment = d.map(|d| d.0);
+                        Ok(Some(p))
+                    }
+                    // Held or refused: the claim went back.
+                    Ok(crate::deployments::gate::Gate::Held) => Ok(None),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match gated {
+                Ok(Some(p)) => Ok(Some(Assignment {
                     lease,
                     job,
                     payload: Arc::new(p),
                 })),
+                Ok(None) => Ok(None),
                 Err(e) => {
                     // A job that cannot even be described is failed at once, with the
                     // reason in its log.
@@ -354,5 +371,6 @@ pub async fn payload(app: &AppState, job: &Job) -> Result<JobPayload, slipway_db
         project_variables,
         run_variables,
         dependencies,
+        deployment: None,
     })
 }

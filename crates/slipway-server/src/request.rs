@@ -6,11 +6,13 @@
 //! the commit, `rules:exists` over the commit's files, `rules:changes` over GitLab's diff
 //! for the source (the push, or the merge request against its target branch; true for new
 //! branches, tags and other sources, unless `compare_to` names a ref), then
-//! `slipway_core::plan`. Configuration errors come back positioned (`file:line:col`) and
-//! rendered as the CLI prints them.
+//! `slipway_core::plan`, then the `deploy_on` mapping of the commit's `.slipway`
+//! environments (`slipway_core::deploy::mapping`). Configuration errors come back
+//! positioned (`file:line:col`) and rendered as the CLI prints them.
 
 use crate::git::{GitError, Mirror, RefKind, RefUpdate};
 use crate::webhook::{MergeRequestEvent, PushEvent};
+use slipway_core::deploy::DeploySettings;
 use slipway_core::diag::Diagnostics;
 use slipway_core::model::Pipeline;
 use slipway_core::plan::{self, NoPipeline, Plan, Trigger};
@@ -302,6 +304,8 @@ pub struct PlannedPipeline {
     /// The trigger the plan was made from (predefined variables, files, changes).
     pub trigger: Trigger,
     pub pipeline: Pipeline,
+    /// The environments the commit defines (`.slipway`).
+    pub deploy: DeploySettings,
     /// The files the configuration came from (for showing it and its errors).
     pub sources: SourceMap,
     pub outcome: PlanOutcome,
@@ -394,6 +398,17 @@ pub fn plan_at_commit(
         Ok(p) => p,
         Err(d) => return Err(PlanError::Config(ConfigErrors::new(&d, &loaded.sources))),
     };
+    // The environments' definitions (`.slipway`) come from the same commit: a broken one
+    // is a configuration error like a broken job.
+    let deploy = match loaded
+        .tree
+        .as_ref()
+        .map(slipway_core::deploy::parse_settings)
+    {
+        Some(Ok(s)) => s,
+        Some(Err(d)) => return Err(PlanError::Config(ConfigErrors::new(&d, &loaded.sources))),
+        None => DeploySettings::default(),
+    };
     for to in plan::compare_to_refs(&pipeline, &trigger) {
         let files = match mirror.resolve_commit(&to) {
             Ok(Some(base)) => Some(mirror.changed_files(&base, &sha)?),
@@ -407,10 +422,14 @@ pub fn plan_at_commit(
     let outcome = match plan::plan(&pipeline, &trigger) {
         Err(d) => return Err(PlanError::Config(ConfigErrors::new(&d, &loaded.sources))),
         Ok(Err(NoPipeline::FilteredByWorkflow)) => PlanOutcome::FilteredByWorkflow,
-        Ok(Ok(p)) => match skip {
-            Some(reason) => PlanOutcome::Skipped(reason),
-            None => PlanOutcome::Planned(p),
-        },
+        Ok(Ok(mut p)) => {
+            // `deploy_on`: which refs deploy where, automatically or on a click.
+            slipway_core::deploy::mapping::map_plan(&deploy, &pipeline, &mut p, &trigger);
+            match skip {
+                Some(reason) => PlanOutcome::Skipped(reason),
+                None => PlanOutcome::Planned(p),
+            }
+        }
     };
     Ok(PlannedPipeline {
         sha,
@@ -418,6 +437,7 @@ pub fn plan_at_commit(
         context,
         trigger,
         pipeline,
+        deploy,
         sources: loaded.sources,
         outcome,
     })

@@ -285,6 +285,9 @@ fn note(dirty: &mut BTreeSet<PipelineId>, e: Event) {
         Event::JobChanged { pipeline, .. } | Event::PipelineChanged { pipeline, .. } => {
             dirty.insert(pipeline);
         }
-        Event::JobsQueued | Event::LogAppended { .. } => {}
+        Event::JobsQueued
+        | Event::LogAppended { .. }
+        | Event::DeploymentChanged { .. }
+        | Event::ResourceGroupChanged { .. } => {}
     }
 }

@@ -138,6 +138,11 @@ impl Started {
         for t in tasks {
             let _ = t.await;
         }
+        // The environments' routers close and their releases stop; the records keep
+        // what served, so the next start brings it back.
+        if let Ok(engine) = app.deployer.engine() {
+            engine.shutdown().await;
+        }
         app.store.close().await;
         tracing::info!("stopped");
     }

@@ -347,7 +347,26 @@ async fn run_job(w: &Arc<Workers>, slot: usize, workspaces: &mut SlotWorkspaces,
         job.log_size,
     ));
 
-    let (mut report, artifacts_id) = execute(w, slot, workspaces, &payload, &log, &cancel).await;
+    let (mut report, artifacts_id, job_env) =
+        execute(w, slot, workspaces, &payload, &log, &cancel).await;
+    // A deployment job: once its script passed, its release goes out (when the commit's
+    // `.slipway` defines the environment) and the job ends as the deployment does.
+    if let Some(d) = payload.deployment {
+        if report.outcome.status == JobStatus::Success && !cancel.is_cancelled() {
+            if let Some(outcome) = crate::deployments::deploy_after_script(
+                app,
+                &payload,
+                slipway_db::DeploymentId(d),
+                &job_env,
+                &log,
+                &cancel,
+            )
+            .await
+            {
+                report.outcome = outcome;
+            }
+        }
+    }
     log.finish();
     buffer.close();
     let stored = match writer.await {
@@ -388,6 +407,7 @@ async fn run_job(w: &Arc<Workers>, slot: usize, workspaces: &mut SlotWorkspaces,
             if let Ok(publisher) = stored {
                 publisher.finish();
             }
+            crate::deployments::job_ended(app, &j).await;
         }
         Err(e) => tracing::warn!(job = job_id.0, error = %e, "recording the outcome failed"),
     }
@@ -422,7 +442,8 @@ fn failed(reason: &str) -> JobReport {
     }
 }
 
-/// Runs the attempt; returns the report (without artifacts) and the artifacts id used.
+/// Runs the attempt; returns the report (without artifacts), the artifacts id used and
+/// the job's environment variables.
 async fn execute(
     w: &Arc<Workers>,
     slot: usize,
@@ -430,7 +451,7 @@ async fn execute(
     p: &JobPayload,
     log: &Arc<LogSink>,
     cancel: &CancellationToken,
-) -> (JobReport, Option<String>) {
+) -> (JobReport, Option<String>, Vec<(String, String)>) {
     let app = &w.app;
     let def = &p.definition;
     if p.attempt > 1 {
@@ -438,7 +459,7 @@ async fn execute(
     }
     if def.kind == JobKind::Trigger {
         log.system("ERROR: downstream pipelines (trigger:) are not supported by this server yet");
-        return (failed(rules::reason::SCRIPT_FAILURE), None);
+        return (failed(rules::reason::SCRIPT_FAILURE), None, Vec::new());
     }
     log.system(&format!(
         "Running with Slipway {} on {} (slot {slot})",
@@ -449,7 +470,11 @@ async fn execute(
         Ok(pr) => pr,
         Err(e) => {
             log.system(&format!("ERROR: {e}"));
-            return (failed(rules::reason::RUNNER_SYSTEM_FAILURE), None);
+            return (
+                failed(rules::reason::RUNNER_SYSTEM_FAILURE),
+                None,
+                Vec::new(),
+            );
         }
     };
     let mirror = match app.mirrors.get(&project).await {
@@ -458,7 +483,11 @@ async fn execute(
             log.system(&format!(
                 "ERROR: the repository's mirror is not available: {e}"
             ));
-            return (failed(rules::reason::RUNNER_SYSTEM_FAILURE), None);
+            return (
+                failed(rules::reason::RUNNER_SYSTEM_FAILURE),
+                None,
+                Vec::new(),
+            );
         }
     };
     let data = &app.config.data_dir;
@@ -473,7 +502,11 @@ async fn execute(
                 "ERROR: cannot check out commit {}: {e}",
                 &p.sha[..p.sha.len().min(8)]
             ));
-            return (failed(rules::reason::RUNNER_SYSTEM_FAILURE), None);
+            return (
+                failed(rules::reason::RUNNER_SYSTEM_FAILURE),
+                None,
+                Vec::new(),
+            );
         }
     };
     // The job's `.git` shows the pipeline's ref, as GitLab Runner's fetch of one ref does.
@@ -513,7 +546,11 @@ async fn execute(
                         "ERROR: cannot write the file variable {}: {e}",
                         v.key
                     ));
-                    return (failed(rules::reason::RUNNER_SYSTEM_FAILURE), None);
+                    return (
+                        failed(rules::reason::RUNNER_SYSTEM_FAILURE),
+                        None,
+                        Vec::new(),
+                    );
                 }
             }
         } else {
@@ -622,6 +659,7 @@ async fn execute(
             dotenv: result.dotenv,
         },
         result.artifacts,
+        env,
     )
 }
 

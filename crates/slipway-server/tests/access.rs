@@ -51,6 +51,7 @@ fn path_for(template: &str, ids: &Ids) -> String {
             .replace("{key}", "SOME_KEY")
             .replace("{user}", "viewer")
             .replace("{provider}", "github")
+            .replace("{name}", "production")
     )
 }
 
@@ -76,6 +77,12 @@ fn body_for(template: &str) -> (String, Vec<u8>) {
         _ if template.contains("/schedules") => json(json!({"cron": "0 2 * * *"})),
         _ if template.contains("/webhooks/") => json(json!({"secret": "a-long-secret"})),
         _ if template.ends_with("/triggers") => json(json!({"description": "x"})),
+        _ if template.contains("/resource-groups/") => {
+            json(json!({"process_mode": "oldest_first"}))
+        }
+        _ if template.ends_with("/deployment-webhooks") => {
+            json(json!({"kind": "json", "url": "http://127.0.0.1:9/hook"}))
+        }
         _ => json(json!({})),
     }
 }
@@ -238,7 +245,7 @@ async fn every_mutating_route_checks_its_caller(backend: Backend) {
         }
         checked += 1;
     }
-    assert!(checked >= 29, "only {checked} mutating routes");
+    assert!(checked >= 37, "only {checked} mutating routes");
 
     // Nothing those calls tried happened: the manual job waits, the schedule is there.
     let job_now = h

@@ -7,6 +7,7 @@
 
 mod common;
 mod harness;
+mod shop;
 
 use common::TestRepo;
 use harness::{Backend, Harness};
@@ -557,6 +558,7 @@ async fn every_mutation_is_audited(backend: Backend) {
         "user.logout",
     )
     .await;
+    deployments_are_audited(&h, d).await;
     expect(
         &h,
         d,
@@ -586,6 +588,158 @@ async fn every_mutation_is_audited(backend: Backend) {
     let report = h.app.store.verify_audit().await.unwrap();
     assert!(report.is_intact(), "{:?}", report.problems);
     h.stop().await;
+}
+
+const DEPLOYED: &str = r#"
+stages: [build, deploy]
+build:
+  stage: build
+  script: [cp "$SHOP_BIN" shop]
+  artifacts: { paths: [shop] }
+deploy:
+  stage: deploy
+  script: [echo deploying]
+  environment: production
+.slipway:
+  environments:
+    production:
+      process: { command: ./shop }
+      strategy: recreate
+      health_check: { path: /healthz, interval: 100ms }
+"#;
+
+/// Protection rules, approvals, rejections, rollback, resource groups and notification
+/// webhooks, on a second project whose production is deployed by the engine.
+async fn deployments_are_audited(h: &Harness, d: &mut BTreeSet<(String, String)>) {
+    let a = &h.admin;
+    let repo = TestRepo::init(&h.dir.path().join("shop"));
+    repo.commit(&[(".gitlab-ci.yml", DEPLOYED)], "pipeline");
+    h.project("shop", &repo.path).await;
+    let r = a
+        .json(
+            "PUT",
+            "/api/v1/projects/shop/variables/SHOP_BIN",
+            &json!({"value": shop::binary().display().to_string()}),
+        )
+        .await
+        .unwrap();
+    assert!(r.ok(), "{}", r.text());
+    expect(
+        h,
+        d,
+        a,
+        "PUT",
+        "/projects/{project}/protected-environments/{name}",
+        "/api/v1/projects/shop/protected-environments/production",
+        // The administrator triggers and approves: self-approval allowed.
+        j(json!({"required_approvals": 1, "allow_self_approval": true})),
+        &[],
+        "admin",
+        "protection.set",
+    )
+    .await;
+    // Three pipelines: approved, rejected, approved.
+    let mut ids = Vec::new();
+    for decision in ["approve", "reject", "approve"] {
+        let p = a
+            .post_json("/api/v1/projects/shop/pipelines", &json!({}))
+            .await
+            .unwrap()
+            .json()["pipeline"]["id"]
+            .as_i64()
+            .unwrap();
+        let detail = h.wait_pipeline_status(p, &["blocked"]).await;
+        let job = Harness::job(&detail, "deploy")["id"].as_i64().unwrap();
+        h.wait_job(job, |j| j["status"] == "waiting_for_approval")
+            .await;
+        let dep = h
+            .app
+            .store
+            .deployment_for_job(slipway_db::JobId(job))
+            .await
+            .unwrap()
+            .unwrap();
+        expect(
+            h,
+            d,
+            a,
+            "POST",
+            &format!("/deployments/{{id}}/{decision}"),
+            &format!("/api/v1/deployments/{}/{decision}", dep.id),
+            None,
+            &[],
+            "admin",
+            &format!("deployment.{decision}"),
+        )
+        .await;
+        h.wait_pipeline(p).await;
+        ids.push(dep.id);
+    }
+    expect(
+        h,
+        d,
+        a,
+        "POST",
+        "/projects/{project}/environments/{name}/rollback",
+        "/api/v1/projects/shop/environments/production/rollback",
+        j(json!({})),
+        &[],
+        "admin",
+        "deployment.rollback",
+    )
+    .await;
+    expect(
+        h,
+        d,
+        a,
+        "PUT",
+        "/projects/{project}/resource-groups/{name}",
+        "/api/v1/projects/shop/resource-groups/production",
+        j(json!({"process_mode": "oldest_first"})),
+        &[],
+        "admin",
+        "resource_group.update",
+    )
+    .await;
+    let hook = expect(
+        h,
+        d,
+        a,
+        "POST",
+        "/projects/{project}/deployment-webhooks",
+        "/api/v1/projects/shop/deployment-webhooks",
+        j(json!({"kind": "slack", "url": "http://127.0.0.1:9/services/x"})),
+        &[],
+        "admin",
+        "deployment_webhook.create",
+    )
+    .await;
+    expect(
+        h,
+        d,
+        a,
+        "DELETE",
+        "/projects/{project}/deployment-webhooks/{id}",
+        &format!("/api/v1/projects/shop/deployment-webhooks/{}", hook["id"]),
+        None,
+        &[],
+        "admin",
+        "deployment_webhook.delete",
+    )
+    .await;
+    expect(
+        h,
+        d,
+        a,
+        "DELETE",
+        "/projects/{project}/protected-environments/{name}",
+        "/api/v1/projects/shop/protected-environments/production",
+        None,
+        &[],
+        "admin",
+        "protection.delete",
+    )
+    .await;
 }
 
 server_tests!(every_mutation_is_audited);

@@ -87,8 +87,19 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the server on a free port and waits until it answers.
     pub fn start(data: &Path, database: Option<&str>, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_with_env(data, database, extra, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        data: &Path,
+        database: Option<&str>,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ServerProcess {
         let log = data.with_extension("log");
         let mut cmd = Command::new(BIN);
+        cmd.envs(envs.iter().copied());
         cmd.args(["server", "--listen", "127.0.0.1:0", "--executor", "shell"])
             .arg("--data")
             .arg(data)

@@ -1,5 +1,6 @@
 //! Deployments, decided without I/O: the environment definitions a repository declares
-//! (`settings`), the health verdict of one instance from its probe results (`health`), and
+//! (`settings`), the `deploy_on` mapping of refs to environments applied to a plan
+//! (`mapping`), the health verdict of one instance from its probe results (`health`), and
 //! the state machine of one deployment (`machine`): given what the engine observed
 //! ("instance 2 of the new release is healthy"), what it must do next ("send all traffic
 //! to the new release"). The engine in `slipway-deploy` performs the I/O and feeds the
@@ -10,6 +11,7 @@
 
 pub mod health;
 pub mod machine;
+pub mod mapping;
 pub mod settings;
 
 pub use settings::{parse_settings, DeploySettings, EnvironmentDef};

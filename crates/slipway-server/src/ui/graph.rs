@@ -207,7 +207,11 @@ pub fn possible(j: &Job) -> CardActions {
         play: j.status == JobStatus::Manual,
         cancel: matches!(
             j.status,
-            JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+            JobStatus::Pending
+                | JobStatus::Running
+                | JobStatus::Scheduled
+                | JobStatus::WaitingForApproval
+                | JobStatus::WaitingForResource
         ),
         retry: matches!(
             j.status,

@@ -97,6 +97,10 @@ pub async fn show(
     let retry = possible.retry && access.can(Action::RetryJob) && !job.retried;
     let cancel = possible.cancel && access.can(Action::CancelJob);
     let status = Status::of_job(job.status, job.allow_failure);
+    let deployment = match app.store.deployment_for_job(job.id).await? {
+        Some(d) => Some(crate::ui::environments::job_panel(&app, &viewer, &project, &d).await?),
+        None => None,
+    };
     let base = format!("/projects/{}/jobs/{}", project.name, job.id);
     let live = !job.status.is_finished();
     let head = html! {
@@ -119,6 +123,7 @@ pub async fn show(
             @if job.status == JobStatus::Manual {
                 (manual_panel(&viewer, &base, play))
             }
+            @if let Some(panel) = &deployment { (panel) }
         }
     };
     let facts = html! {

@@ -74,6 +74,7 @@ async fn matters(app: &AppState, w: Watch, e: &Event, known: &mut Projects) -> b
         (Watch::Project(id), Event::JobChanged { pipeline, .. }) => {
             known.of(app, pipeline).await == Some(id)
         }
+        (Watch::Project(id), Event::DeploymentChanged { project, .. }) => project == id,
         (Watch::Projects, Event::PipelineChanged { .. }) => true,
         _ => false,
     }

@@ -11,11 +11,12 @@
 //! - [`page`]: viewer, layout, errors, flash messages; [`view`]: badges, times, sizes;
 //! - [`session`]: sign in and out; [`projects`]: list, add, overview;
 //! - [`pipelines`]: lists, a pipeline and its graph ([`graph`]), "Run pipeline";
-//! - [`jobs`]: the job page, its log and its actions.
-//!
-//! Issue 5's environment pages plug in as another [`page::ProjectTab`] and module.
+//! - [`jobs`]: the job page, its log and its actions;
+//! - [`environments`]: environments, what runs where, deployment history, a deployment,
+//!   approve / reject / rollback.
 
 pub mod assets;
+pub mod environments;
 pub mod graph;
 pub mod jobs;
 pub mod live;
@@ -66,6 +67,31 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{project}/jobs/{id}/play", post(jobs::play))
         .route("/projects/{project}/jobs/{id}/retry", post(jobs::retry))
         .route("/projects/{project}/jobs/{id}/cancel", post(jobs::cancel))
+        .route(
+            "/projects/{project}/pipelines/-/id/{id}",
+            get(environments::pipeline_by_id),
+        )
+        .route("/projects/{project}/environments", get(environments::list))
+        .route(
+            "/projects/{project}/environments/{name}",
+            get(environments::show),
+        )
+        .route(
+            "/projects/{project}/environments/{name}/rollback",
+            post(environments::rollback),
+        )
+        .route(
+            "/projects/{project}/deployments/{id}",
+            get(environments::deployment),
+        )
+        .route(
+            "/projects/{project}/deployments/{id}/approve",
+            post(environments::approve),
+        )
+        .route(
+            "/projects/{project}/deployments/{id}/reject",
+            post(environments::reject),
+        )
 }
 
 /// A page for paths nothing else answers (the API's own keep its JSON errors).

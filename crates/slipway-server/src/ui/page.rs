@@ -386,22 +386,27 @@ pub fn problem(text: impl Into<String>) -> Flash {
     }
 }
 
-/// The tabs of a project's pages. Issue 5 adds `Environments` (environments, what runs
-/// where, deployment history, approve/reject and rollback) as one more entry here and in
-/// [`ProjectTab::ALL`]; the layout needs nothing else.
+/// The tabs of a project's pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProjectTab {
     Overview,
     Pipelines,
+    /// Environments, what runs where, deployment history, approve/reject and rollback.
+    Environments,
 }
 
 impl ProjectTab {
-    pub const ALL: [ProjectTab; 2] = [ProjectTab::Overview, ProjectTab::Pipelines];
+    pub const ALL: [ProjectTab; 3] = [
+        ProjectTab::Overview,
+        ProjectTab::Pipelines,
+        ProjectTab::Environments,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             ProjectTab::Overview => "Overview",
             ProjectTab::Pipelines => "Pipelines",
+            ProjectTab::Environments => "Environments",
         }
     }
 
@@ -409,6 +414,7 @@ impl ProjectTab {
         match self {
             ProjectTab::Overview => format!("/projects/{project}"),
             ProjectTab::Pipelines => format!("/projects/{project}/pipelines"),
+            ProjectTab::Environments => format!("/projects/{project}/environments"),
         }
     }
 }

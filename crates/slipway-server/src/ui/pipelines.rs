@@ -269,7 +269,12 @@ pub async fn show(
         && jobs.iter().any(|j| {
             matches!(
                 j.status,
-                JobStatus::Created | JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled
+                JobStatus::Created
+                    | JobStatus::Pending
+                    | JobStatus::Running
+                    | JobStatus::Scheduled
+                    | JobStatus::WaitingForApproval
+                    | JobStatus::WaitingForResource
             )
         });
     let can_retry = access.can(Action::RetryJob)

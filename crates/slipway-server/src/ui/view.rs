@@ -20,6 +20,12 @@ pub enum Status {
     Manual,
     Scheduled,
     Blocked,
+    /// A deployment job waiting for its environment's approvals.
+    Approval,
+    /// Waiting for its resource group.
+    Resource,
+    /// A deployment whose traffic went back to the release before it.
+    RolledBack,
 }
 
 impl Status {
@@ -35,6 +41,8 @@ impl Status {
             JobStatus::Skipped => Status::Skipped,
             JobStatus::Manual => Status::Manual,
             JobStatus::Scheduled => Status::Scheduled,
+            JobStatus::WaitingForApproval => Status::Approval,
+            JobStatus::WaitingForResource => Status::Resource,
         }
     }
 
@@ -64,6 +72,9 @@ impl Status {
             Status::Manual => "manual",
             Status::Scheduled => "scheduled",
             Status::Blocked => "blocked",
+            Status::Approval => "approval",
+            Status::Resource => "resource",
+            Status::RolledBack => "rolledback",
         }
     }
 
@@ -80,6 +91,9 @@ impl Status {
             Status::Manual => "manual",
             Status::Scheduled => "delayed",
             Status::Blocked => "blocked",
+            Status::Approval => "waiting for approval",
+            Status::Resource => "waiting for resource",
+            Status::RolledBack => "rolled back",
         }
     }
 
@@ -92,7 +106,7 @@ impl Status {
             Status::Failed => {
                 r#"<path d="M5.5 5.5l5 5m0-5l-5 5" stroke="currentColor" stroke-width="1.8" stroke-linecap="round"/>"#
             }
-            Status::Warning => {
+            Status::Warning | Status::RolledBack => {
                 r#"<path d="M8 4.5v4.2" stroke="currentColor" stroke-width="1.8" stroke-linecap="round"/><circle cx="8" cy="11.2" r="1.1" fill="currentColor"/>"#
             }
             Status::Running => r#"<path d="M8 3.8a4.2 4.2 0 0 1 0 8.4z" fill="currentColor"/>"#,
@@ -106,8 +120,11 @@ impl Status {
                 r#"<path d="M5 5l3 3-3 3m3.5-6l3 3-3 3" fill="none" stroke="currentColor" stroke-width="1.5" stroke-linecap="round" stroke-linejoin="round"/>"#
             }
             Status::Manual => r#"<path d="M6.3 5v6l5-3z" fill="currentColor"/>"#,
-            Status::Blocked => {
+            Status::Blocked | Status::Approval => {
                 r#"<path d="M6.2 5.2v5.6m3.6-5.6v5.6" stroke="currentColor" stroke-width="1.8" stroke-linecap="round"/>"#
+            }
+            Status::Resource => {
+                r#"<path d="M5 8h6" stroke="currentColor" stroke-width="1.8" stroke-linecap="round"/>"#
             }
             Status::Created => r#"<circle cx="8" cy="8" r="2.2" fill="currentColor"/>"#,
         }
@@ -142,7 +159,7 @@ pub fn badge(s: Status) -> Markup {
 /// running or waiting makes it so; then a failure that counts; then what waits for a
 /// person; passed with warnings when only allowed failures failed.
 pub fn composite<I: IntoIterator<Item = (JobStatus, bool)>>(jobs: I) -> Status {
-    let mut seen = [false; 11];
+    let mut seen = [false; 14];
     let mut any = false;
     for (s, allow) in jobs {
         any = true;
@@ -155,7 +172,9 @@ pub fn composite<I: IntoIterator<Item = (JobStatus, bool)>>(jobs: I) -> Status {
     for s in [
         Status::Running,
         Status::Pending,
+        Status::Resource,
         Status::Failed,
+        Status::Approval,
         Status::Manual,
         Status::Scheduled,
         Status::Created,

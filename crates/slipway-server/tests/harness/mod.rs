@@ -88,6 +88,13 @@ pub fn test_config(data: PathBuf) -> ServerConfig {
     c.tick = Duration::from_millis(100);
     c.heartbeat = Duration::from_millis(500);
     c.lease = Duration::from_secs(20);
+    // Deployment notifications retried quickly (the tests' receivers fail on purpose).
+    c.notify_retry = slipway_deploy::notify::RetryPolicy {
+        attempts: 5,
+        first_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+        timeout: Duration::from_secs(5),
+    };
     c
 }
 

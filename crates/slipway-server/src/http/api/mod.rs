@@ -1,6 +1,7 @@
 //! The API's handlers, one module per area, and the table of routes.
 
 pub mod admin;
+pub mod environments;
 pub mod jobs;
 pub mod pipelines;
 pub mod projects;
@@ -117,6 +118,100 @@ pub fn register(r: Routes) -> Routes {
             "/jobs/{id}/cancel",
             Project(A::CancelJob),
             jobs::cancel,
+        )
+        // Environments and deployments.
+        .add(M::GET, "/environments", User, environments::all)
+        .add(
+            M::GET,
+            "/projects/{project}/environments",
+            Project(A::View),
+            environments::list,
+        )
+        .add(
+            M::GET,
+            "/projects/{project}/environments/{name}",
+            Project(A::View),
+            environments::get,
+        )
+        .add(
+            M::GET,
+            "/projects/{project}/environments/{name}/deployments",
+            Project(A::View),
+            environments::deployments,
+        )
+        // Approvers and rollback rights are checked by the handlers (see
+        // `crate::deployments::actions`), beyond seeing the project.
+        .add(
+            M::POST,
+            "/projects/{project}/environments/{name}/rollback",
+            Project(A::View),
+            environments::rollback,
+        )
+        .add(
+            M::GET,
+            "/deployments/{id}",
+            Project(A::View),
+            environments::deployment,
+        )
+        .add(
+            M::POST,
+            "/deployments/{id}/approve",
+            Project(A::View),
+            environments::approve,
+        )
+        .add(
+            M::POST,
+            "/deployments/{id}/reject",
+            Project(A::View),
+            environments::reject,
+        )
+        .add(
+            M::GET,
+            "/projects/{project}/protected-environments",
+            Project(A::View),
+            environments::protections,
+        )
+        .add(
+            M::PUT,
+            "/projects/{project}/protected-environments/{name}",
+            Project(A::ManageSettings),
+            environments::set_protection,
+        )
+        .add(
+            M::DELETE,
+            "/projects/{project}/protected-environments/{name}",
+            Project(A::ManageSettings),
+            environments::delete_protection,
+        )
+        .add(
+            M::GET,
+            "/projects/{project}/resource-groups",
+            Project(A::View),
+            environments::resource_groups,
+        )
+        .add(
+            M::PUT,
+            "/projects/{project}/resource-groups/{name}",
+            Project(A::ManageSettings),
+            environments::set_resource_group,
+        )
+        .add(
+            M::GET,
+            "/projects/{project}/deployment-webhooks",
+            Project(A::ManageSettings),
+            environments::webhooks,
+        )
+        .add(
+            M::POST,
+            "/projects/{project}/deployment-webhooks",
+            Project(A::ManageSecrets),
+            environments::create_webhook,
+        )
+        .add(
+            M::DELETE,
+            "/projects/{project}/deployment-webhooks/{id}",
+            Project(A::ManageSecrets),
+            environments::delete_webhook,
         )
         // Triggers that carry their own secret.
         .add(M::POST, "/projects/{project}/hook", Token, triggers::hook)
