@@ -124,7 +124,7 @@ fn sign_in(b: &Browser, url: &str, user: &str, password: &str) {
     b.wait_for("form[action='/login']", 10);
     b.fill("#username", user);
     b.fill("#password", password);
-    b.click(&b.find("form[action='/login'] button[type=submit]"));
+    b.click_css("form[action='/login'] button[type=submit]");
     b.wait_for("header .username", 10);
 }
 
@@ -180,12 +180,12 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &
     b.screenshot("02-projects-empty");
 
     // Adding the project from the browser, by its path.
-    b.click(&b.find("a[href='/projects/-/new']"));
+    b.click_css("a[href='/projects/-/new']");
     b.wait_for("#repository", 10);
     b.fill("#name", "app");
     b.fill("#repository", bare.to_str().unwrap());
     b.screenshot("03-add-project");
-    b.click(&b.find("form[action='/projects/-/new'] button[type=submit]"));
+    b.click_css("form[action='/projects/-/new'] button[type=submit]");
     b.wait("the project page", 20, |b| {
         b.url().ends_with("/projects/app").then_some(())
     });
@@ -281,7 +281,7 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &
             .unwrap()
     };
     let (build, flaky, deploy) = (job_id("build"), job_id("flaky"), job_id("deploy"));
-    b.click(&b.find(&format!("{build_card} a.job-link")));
+    b.click_css(&format!("{build_card} a.job-link"));
     b.wait_for("#log[data-stream]", 10);
     b.mark_document();
     b.wait("the first section in the log", 20, |b| {
@@ -308,13 +308,13 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &
     // A section collapses when its header is clicked.
     let line = b.find("#log details.section[data-section='fetch'] .line");
     assert!(b.displayed(&line));
-    b.click(&b.find("#log details.section[data-section='fetch'] > summary"));
+    b.click_css("#log details.section[data-section='fetch'] > summary");
     b.wait("the section to collapse", 5, |b| {
         (!b.displayed(&line)).then_some(())
     });
     assert_eq!(b.attr(&fetch, "open"), None);
     // Make the log long enough to scroll, then scroll up: following stops.
-    b.click(&b.find("#log details.section[data-section='fetch'] > summary"));
+    b.click_css("#log details.section[data-section='fetch'] > summary");
     b.js(
         "window.scrollTo(0, document.documentElement.scrollHeight); return null;",
         vec![],
@@ -400,7 +400,7 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &
     b.wait_for(".graph", 10);
 
     // The manual job is played with its button in the graph.
-    b.click(&b.find(&format!("form[action$='/jobs/{deploy}/play'] button")));
+    b.click_css(&format!("form[action$='/jobs/{deploy}/play'] button"));
     b.wait("the play notice", 10, |b| {
         b.try_find(".flash")
             .filter(|f| b.text(f).contains("Job deploy started."))
@@ -415,7 +415,7 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &
     b.goto(&format!("{url}/projects/app/jobs/{flaky}"));
     b.wait_for("#job-head", 10);
     assert!(b.text(&b.find("#log")).contains("first attempt fails"));
-    b.click(&b.find(&format!("form[action$='/jobs/{flaky}/retry'] button")));
+    b.click_css(&format!("form[action$='/jobs/{flaky}/retry'] button"));
     b.wait("the new attempt's page", 10, |b| {
         (!b.url().ends_with(&format!("/jobs/{flaky}"))).then_some(())
     });
@@ -443,14 +443,14 @@ fn follow_a_pipeline(b: &Browser, url: &str, admin: &Client, token: &str, tmp: &
     b.screenshot("10b-projects");
     b.goto(&format!("{url}/projects/app/pipelines"));
     b.wait_for(&format!("#pipeline-{iid}"), 10);
-    b.click(&b.find("a[href='/projects/app/pipelines/new']"));
+    b.click_css("a[href='/projects/app/pipelines/new']");
     b.wait_for("#ref", 10);
-    b.click(&b.find("[data-add-row='variable-rows']"));
+    b.click_css("[data-add-row='variable-rows']");
     assert_eq!(b.find_all("#variable-rows .var-row").len(), 4);
     b.fill("#vk0", "TARGET");
     b.fill("#vv0", "staging");
     b.screenshot("11-run-pipeline");
-    b.click(&b.find("form[action='/projects/app/pipelines'] button[type=submit]"));
+    b.click_css("form[action='/projects/app/pipelines'] button[type=submit]");
     b.wait("the new pipeline's page", 20, |b| {
         b.try_find(".flash")
             .filter(|f| b.text(f).contains("created for main"))

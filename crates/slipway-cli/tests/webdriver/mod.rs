@@ -192,6 +192,26 @@ impl Browser {
         .unwrap_or_default()
     }
 
+    /// Finds the element matching `css` and clicks it. Live updates swap whole regions
+    /// of a page, so an element found a moment ago may be gone by the click ("stale
+    /// element reference"): find it again and retry for a few seconds, as a person
+    /// would click the button again.
+    pub fn click_css(&self, css: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let e = self.find(css);
+            match self.session_call("POST", &format!("/element/{}/click", e.0), None) {
+                Ok(_) => return,
+                Err(err)
+                    if err.contains("stale element") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(err) => panic!("click {css:?}: {err}"),
+            }
+        }
+    }
+
     pub fn click(&self, e: &Element) {
         self.session_call("POST", &format!("/element/{}/click", e.0), None)
             .unwrap_or_else(|err| panic!("click: {err}"));
