@@ -12,7 +12,7 @@
 //! credentials, and never run the `ext::` transport.
 
 use slipway_core::source::SourceLoader;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::{Read, Write};
@@ -916,26 +916,360 @@ impl Mirror {
                 "--force",
             ])
             .run()?;
-        let listed = self
-            .git()
-            .env("GIT_INDEX_FILE", &index)
-            .args(["ls-files", "-z", "--stage"])
-            .run()?;
-        let files = listed
-            .split(|&b| b == 0)
-            .filter(|e| !e.is_empty() && !e.starts_with(b"160000"))
-            .count();
+        // Counted on disk rather than by asking git again (a process fewer on the way to a
+        // job's start): files and symbolic links; a submodule is an empty directory.
+        let files = count_files(&dest).map_err(io(format!("reading {}", dest.display())))?;
         Ok(ExportStats { files })
     }
 
-    /// A [`SourceLoader`] reading the pipeline files of `commit`.
+    /// A reader answering many questions through one `git cat-file --batch` process.
+    pub fn objects(&self) -> Result<ObjectReader, GitError> {
+        ObjectReader::spawn(self)
+    }
+
+    /// A [`SourceLoader`] reading the pipeline files of `commit` through one
+    /// [`ObjectReader`], each file read once.
     pub fn at_commit(&self, commit: &str) -> CommitFiles<'_> {
         CommitFiles {
             mirror: self,
             commit: commit.to_string(),
+            reader: Mutex::new(None),
+            read: Mutex::new(HashMap::new()),
             files: OnceLock::new(),
         }
     }
+
+    /// [`at_commit`](Self::at_commit) with a reader already started.
+    pub fn at_commit_with(&self, commit: &str, reader: ObjectReader) -> CommitFiles<'_> {
+        let files = self.at_commit(commit);
+        *files.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader);
+        files
+    }
+}
+
+/// One `git cat-file --batch` process answering many questions about a mirror's objects
+/// (revisions, files, commits, trees) over its pipes: planning a pipeline asks about ten
+/// questions, and one process instead of one per question saves a few milliseconds each.
+/// Answers are those of the per-question [`Mirror`] methods. Not shared between threads;
+/// the process ends when the reader is dropped.
+pub struct ObjectReader {
+    child: std::process::Child,
+    /// `None` once closed (dropping).
+    input: Option<std::process::ChildStdin>,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    /// Set once the process failed or the stream lost its place: every later question
+    /// fails instead of reading another object's bytes.
+    broken: bool,
+}
+
+/// An object read by [`ObjectReader`].
+struct RawObject {
+    oid: String,
+    kind: String,
+    data: Vec<u8>,
+}
+
+impl ObjectReader {
+    fn spawn(mirror: &Mirror) -> Result<ObjectReader, GitError> {
+        let mut git = mirror.git();
+        git.args(["cat-file", "--batch"]);
+        let mut child = git
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(GitError::Failed {
+                command: git.shown,
+                stderr: "no pipes".into(),
+            });
+        };
+        Ok(ObjectReader {
+            child,
+            input: Some(input),
+            output: std::io::BufReader::new(output),
+            broken: false,
+        })
+    }
+
+    fn failed(&mut self, what: &str) -> GitError {
+        self.broken = true;
+        GitError::Failed {
+            command: "git cat-file --batch".into(),
+            stderr: what.to_string(),
+        }
+    }
+
+    /// The object `name` names (any of git's object names without a newline), `None` when
+    /// it names none.
+    fn object(&mut self, name: &str) -> Result<Option<RawObject>, GitError> {
+        use std::io::BufRead;
+        if self.broken {
+            return Err(self.failed("the reader failed earlier"));
+        }
+        if name.contains(['\n', '\0']) || name.is_empty() {
+            return Ok(None);
+        }
+        let sent = match self.input.as_mut() {
+            Some(input) => input
+                .write_all(format!("{name}\n").as_bytes())
+                .and_then(|_| input.flush()),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        if sent.is_err() {
+            return Err(self.failed("git stopped reading"));
+        }
+        let mut header = Vec::new();
+        match self.output.read_until(b'\n', &mut header) {
+            Ok(n) if n > 0 && header.ends_with(b"\n") => {}
+            _ => return Err(self.failed("git stopped answering")),
+        }
+        header.pop();
+        // `<oid> <type> <size>`, or `<name> missing` / `<name> ambiguous` (the name may hold
+        // spaces: read from the end).
+        let header = String::from_utf8_lossy(&header).to_string();
+        let mut fields = header.rsplitn(3, ' ');
+        let (Some(size), Some(kind), Some(oid)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Ok(None);
+        };
+        let Ok(size) = size.parse::<usize>() else {
+            return Ok(None);
+        };
+        if !is_sha(oid) {
+            return Ok(None);
+        }
+        let mut data = vec![0; size + 1];
+        if self.output.read_exact(&mut data).is_err() || data.pop() != Some(b'\n') {
+            return Err(self.failed("short output"));
+        }
+        Ok(Some(RawObject {
+            oid: oid.to_string(),
+            kind: kind.to_string(),
+            data,
+        }))
+    }
+
+    /// As [`Mirror::resolve_commit`]. Names other than object names and plain ref names
+    /// (`main~2`, `@{u}`, `HEAD:path`...) go to `git rev-parse`, which reports every odd
+    /// syntax the same way.
+    pub fn resolve_commit(
+        &mut self,
+        mirror: &Mirror,
+        rev: &str,
+    ) -> Result<Option<String>, GitError> {
+        let plain = !rev.is_empty()
+            && !rev.starts_with(['-', '/', '.'])
+            && !rev.ends_with(['/', '.'])
+            && !rev.contains("..")
+            && !rev.contains("@{")
+            && !rev.contains("//")
+            && !rev.ends_with(".lock")
+            && rev.bytes().all(|b| {
+                b > b' '
+                    && b != 0x7f
+                    && !matches!(b, b':' | b'^' | b'~' | b'?' | b'*' | b'[' | b'\\')
+            });
+        if !plain {
+            return mirror.resolve_commit(rev);
+        }
+        Ok(self
+            .object(&format!("{rev}^{{commit}}"))?
+            .filter(|o| o.kind == "commit")
+            .map(|o| o.oid))
+    }
+
+    /// As [`Mirror::read_file`].
+    pub fn read_file(&mut self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        check_rev(commit)?;
+        let rel = clean_path(path)?;
+        Ok(self
+            .object(&format!("{commit}:{rel}"))?
+            .filter(|o| o.kind == "blob")
+            .map(|o| o.data))
+    }
+
+    /// As [`Mirror::commit_info`]; a message in another encoding than UTF-8 is left to
+    /// `git log` to convert.
+    pub fn commit_info(&mut self, mirror: &Mirror, sha: &str) -> Result<CommitInfo, GitError> {
+        check_rev(sha)?;
+        let Some(obj) = self.object(sha)?.filter(|o| o.kind == "commit") else {
+            return mirror.commit_info(sha);
+        };
+        match parse_commit(&obj.oid, &obj.data) {
+            Some(info) => Ok(info),
+            None => mirror.commit_info(sha),
+        }
+    }
+
+    /// As [`Mirror::list_files`]: the commit's trees walked one object at a time.
+    pub fn list_files(&mut self, commit: &str) -> Result<Vec<String>, GitError> {
+        check_rev(commit)?;
+        let Some(root) = self
+            .object(&format!("{commit}^{{tree}}"))?
+            .filter(|o| o.kind == "tree")
+        else {
+            return Err(GitError::Failed {
+                command: "git cat-file --batch".into(),
+                stderr: format!("{commit}: not a commit"),
+            });
+        };
+        let hash_len = root.oid.len() / 2;
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut pending: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), root.data)];
+        while let Some((prefix, tree)) = pending.pop() {
+            let mut rest = &tree[..];
+            while !rest.is_empty() {
+                // `<mode> SP <name> NUL <hash>`
+                let (Some(sp), Some(nul)) = (
+                    rest.iter().position(|&b| b == b' '),
+                    rest.iter().position(|&b| b == 0),
+                ) else {
+                    return Err(self.failed("malformed tree"));
+                };
+                if sp > nul || rest.len() < nul + 1 + hash_len {
+                    return Err(self.failed("malformed tree"));
+                }
+                let mode = &rest[..sp];
+                let mut path = prefix.clone();
+                path.extend_from_slice(&rest[sp + 1..nul]);
+                let hash = &rest[nul + 1..nul + 1 + hash_len];
+                rest = &rest[nul + 1 + hash_len..];
+                match mode {
+                    b"40000" | b"040000" => {
+                        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                        let Some(sub) = self.object(&hex)?.filter(|o| o.kind == "tree") else {
+                            return Err(self.failed("a tree is missing"));
+                        };
+                        path.push(b'/');
+                        pending.push((path, sub.data));
+                    }
+                    // Submodules are commits of other repositories, not files.
+                    b"160000" => {}
+                    _ => files.push(path),
+                }
+            }
+        }
+        let mut files: Vec<String> = files
+            .into_iter()
+            .map(|p| String::from_utf8_lossy(&p).to_string())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+impl Drop for ObjectReader {
+    fn drop(&mut self) {
+        // End of input ends `cat-file`; a process on a stream that lost its place is killed.
+        if self.broken {
+            let _ = self.child.kill();
+        }
+        drop(self.input.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw commit object as `git log --format=%H%x00%P%x00%an <%ae>%x00%cI%x00%B` shows it;
+/// `None` when git would convert its message from another encoding, or it is malformed.
+fn parse_commit(oid: &str, data: &[u8]) -> Option<CommitInfo> {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data.strip_suffix(b"\n").unwrap_or(data), &b""[..]),
+    };
+    let head = std::str::from_utf8(head).ok()?;
+    let mut parents = Vec::new();
+    let mut author = None;
+    let mut timestamp = None;
+    for line in head.lines() {
+        // Continuation lines of multi-line headers (`gpgsig`, `mergetag`) start with a space.
+        let Some((key, value)) = line.split_once(' ') else {
+            continue;
+        };
+        match key {
+            "parent" => parents.push(value.to_string()),
+            "author" if author.is_none() => {
+                let (name, email, _) = split_ident(value)?;
+                author = Some(format!("{name} <{email}>"));
+            }
+            "committer" if timestamp.is_none() => {
+                let (_, _, date) = split_ident(value)?;
+                timestamp = Some(iso_strict(date)?);
+            }
+            "encoding"
+                if !value.eq_ignore_ascii_case("utf-8") && !value.eq_ignore_ascii_case("utf8") =>
+            {
+                return None
+            }
+            _ => {}
+        }
+    }
+    let message = String::from_utf8_lossy(body)
+        .trim_end_matches('\n')
+        .to_string();
+    Some(CommitInfo {
+        sha: oid.to_string(),
+        parents,
+        author: author?,
+        timestamp: timestamp?,
+        message,
+    })
+}
+
+/// `Name <email> 1700000000 +0100` as git splits it: the name before the first `<`
+/// (trailing spaces dropped), the address up to the next `>`, the date after it.
+fn split_ident(value: &str) -> Option<(&str, &str, &str)> {
+    let lt = value.find('<')?;
+    let gt = lt + value[lt..].find('>')?;
+    Some((
+        value[..lt].trim_end_matches(' '),
+        &value[lt + 1..gt],
+        value[gt + 1..].trim(),
+    ))
+}
+
+/// `1700000000 +0100` as git's strict ISO 8601 (`%cI`): `2023-11-14T23:13:20+01:00`, and
+/// `Z` for UTC as git 2.45 and later and GitLab's `CI_COMMIT_TIMESTAMP` write it.
+fn iso_strict(date: &str) -> Option<String> {
+    let (secs, tz) = date.split_once(' ')?;
+    let secs: i64 = secs.parse().ok()?;
+    let (sign, hhmm) = match tz.as_bytes().first()? {
+        b'+' => (1, &tz[1..]),
+        b'-' => (-1, &tz[1..]),
+        _ => return None,
+    };
+    if hhmm.len() != 4 || !hhmm.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i32 = hhmm[..2].parse().ok()?;
+    let minutes: i32 = hhmm[2..].parse().ok()?;
+    let offset = jiff::tz::Offset::from_seconds(sign * (hours * 3600 + minutes * 60)).ok()?;
+    let local = jiff::Timestamp::from_second(secs)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::fixed(offset));
+    if offset.seconds() == 0 {
+        Some(local.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    } else {
+        Some(local.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+    }
+}
+
+/// Files and symbolic links under `dir`, at any depth.
+fn count_files(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            n += count_files(&e.path())?;
+        } else {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// A path unique to this process and call, next to `dir`'s contents.
@@ -989,10 +1323,16 @@ fn clean_path(path: &str) -> Result<String, GitError> {
     Ok(parts.join("/"))
 }
 
-/// The files of one commit, for the pipeline loader (`include:local`, `rules:exists`).
+/// The files of one commit, for the pipeline loader (`include:local`, `rules:exists`) and
+/// the planner's other questions about the commit, through one [`ObjectReader`] started on
+/// first use.
 pub struct CommitFiles<'a> {
     mirror: &'a Mirror,
     commit: String,
+    reader: Mutex<Option<ObjectReader>>,
+    /// Files read so far (`None`: no such file), so the pipeline file the planner looks
+    /// for is not read again by the loader.
+    read: Mutex<HashMap<String, Option<Vec<u8>>>>,
     files: OnceLock<Result<Vec<String>, String>>,
 }
 
@@ -1001,12 +1341,48 @@ impl CommitFiles<'_> {
         &self.commit
     }
 
+    pub fn mirror(&self) -> &Mirror {
+        self.mirror
+    }
+
+    /// Runs `f` with the commit's reader, started on first use.
+    pub fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut ObjectReader) -> Result<T, GitError>,
+    ) -> Result<T, GitError> {
+        let mut slot = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = match slot.as_mut() {
+            // A reader that lost its place is replaced.
+            Some(r) if !r.broken => r,
+            _ => slot.insert(self.mirror.objects()?),
+        };
+        f(reader)
+    }
+
+    /// The bytes of the file at `path` (as [`Mirror::read_file`]), read once.
+    pub fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        let key = clean_path(path)?;
+        if let Some(hit) = self
+            .read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let bytes = self.with_reader(|r| r.read_file(&self.commit, &key))?;
+        self.read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, bytes.clone());
+        Ok(bytes)
+    }
+
     /// The file list, read once.
     pub fn files(&self) -> Result<&[String], String> {
         self.files
             .get_or_init(|| {
-                self.mirror
-                    .list_files(&self.commit)
+                self.with_reader(|r| r.list_files(&self.commit))
                     .map_err(|e| e.to_string())
             })
             .as_deref()
@@ -1016,7 +1392,7 @@ impl CommitFiles<'_> {
 
 impl SourceLoader for CommitFiles<'_> {
     fn read(&self, path: &str) -> Result<String, String> {
-        match self.mirror.read_file(&self.commit, path) {
+        match self.read_bytes(path) {
             Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string()),
             Ok(None) => Err(format!(
                 "no such file at commit {}",

@@ -10,7 +10,7 @@
 //! environments (`slipway_core::deploy::mapping`). Configuration errors come back
 //! positioned (`file:line:col`) and rendered as the CLI prints them.
 
-use crate::git::{GitError, Mirror, RefKind, RefUpdate};
+use crate::git::{CommitFiles, GitError, Mirror, RefKind, RefUpdate};
 use crate::webhook::{MergeRequestEvent, PushEvent};
 use slipway_core::deploy::DeploySettings;
 use slipway_core::diag::Diagnostics;
@@ -318,33 +318,53 @@ pub fn plan_at_commit(
     project: &ProjectInfo,
     request: &PipelineRequest,
 ) -> Result<PlannedPipeline, PlanError> {
-    let sha = match &request.sha {
-        Some(s) => mirror
-            .resolve_commit(s)?
-            .ok_or_else(|| PlanError::UnknownRef(s.clone()))?,
-        None => {
-            let full = if request.tag {
-                format!("refs/tags/{}", request.ref_name)
-            } else {
-                format!("refs/heads/{}", request.ref_name)
-            };
-            mirror
-                .resolve_commit(&full)?
-                .ok_or_else(|| PlanError::UnknownRef(request.ref_name.clone()))?
-        }
+    // Every question about the commit's objects goes through one `git cat-file --batch`
+    // process; the diff for `rules:changes` runs beside it.
+    let mut reader = mirror.objects()?;
+    let rev = match &request.sha {
+        Some(s) => s.clone(),
+        None if request.tag => format!("refs/tags/{}", request.ref_name),
+        None => format!("refs/heads/{}", request.ref_name),
     };
+    let sha = reader.resolve_commit(mirror, &rev)?.ok_or_else(|| {
+        PlanError::UnknownRef(
+            request
+                .sha
+                .clone()
+                .unwrap_or_else(|| request.ref_name.clone()),
+        )
+    })?;
+    let loader = mirror.at_commit_with(&sha, reader);
+    std::thread::scope(|scope| {
+        let changed = scope.spawn(|| changed_files(mirror, request, &sha));
+        plan_with(mirror, project, request, &sha, &loader, || {
+            changed.join().ok().flatten()
+        })
+    })
+}
+
+/// [`plan_at_commit`] once the commit is known; `changed` waits for the diff.
+fn plan_with(
+    mirror: &Mirror,
+    project: &ProjectInfo,
+    request: &PipelineRequest,
+    sha: &str,
+    loader: &CommitFiles<'_>,
+    changed: impl FnOnce() -> Option<Vec<String>>,
+) -> Result<PlannedPipeline, PlanError> {
+    let sha = sha.to_string();
     let config_path = project
         .config_path
         .clone()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| ".gitlab-ci.yml".into());
-    if mirror.read_file(&sha, &config_path)?.is_none() {
+    if loader.read_bytes(&config_path)?.is_none() {
         return Err(PlanError::NoPipelineFile {
             path: config_path,
             sha,
         });
     }
-    let commit = mirror.commit_info(&sha)?;
+    let commit = loader.with_reader(|r| r.commit_info(mirror, &sha))?;
     let default_branch = project
         .default_branch
         .clone()
@@ -388,12 +408,20 @@ pub fn plan_at_commit(
         user: request.user.clone(),
         ..PipelineContext::default()
     };
-    let files = mirror.list_files(&sha)?;
-    let changed = changed_files(mirror, request, &sha);
-    let mut trigger = Trigger::from_context(&context, files, changed, request.variables.clone());
+    let files = loader.files().map_err(|e| {
+        PlanError::Git(GitError::Failed {
+            command: "git cat-file --batch".into(),
+            stderr: e,
+        })
+    })?;
+    let mut trigger = Trigger::from_context(
+        &context,
+        files.to_vec(),
+        changed(),
+        request.variables.clone(),
+    );
 
-    let loader = mirror.at_commit(&sha);
-    let loaded = slipway_core::load_for_trigger(&loader, &config_path, Some(&trigger));
+    let loaded = slipway_core::load_for_trigger(loader, &config_path, Some(&trigger));
     let pipeline = match loaded.pipeline {
         Ok(p) => p,
         Err(d) => return Err(PlanError::Config(ConfigErrors::new(&d, &loaded.sources))),
@@ -410,7 +438,7 @@ pub fn plan_at_commit(
         None => DeploySettings::default(),
     };
     for to in plan::compare_to_refs(&pipeline, &trigger) {
-        let files = match mirror.resolve_commit(&to) {
+        let files = match loader.with_reader(|r| r.resolve_commit(mirror, &to)) {
             Ok(Some(base)) => Some(mirror.changed_files(&base, &sha)?),
             Ok(None) | Err(GitError::Invalid(_)) => None,
             Err(e) => return Err(e.into()),

@@ -72,6 +72,7 @@ pub async fn on_push(
         .filter(|u| u.new.is_some() && crate::git::split_ref(&u.ref_name).is_some())
         .map(|u| format!("+{0}:{0}", u.ref_name))
         .collect();
+    let fetch_start = std::time::Instant::now();
     let fetched = {
         let m = mirror.clone();
         let specs = specs.clone();
@@ -81,6 +82,12 @@ pub async fn on_push(
         })
         .await
     };
+    tracing::debug!(
+        project = %project.name,
+        refs = specs.len(),
+        fetch_ms = fetch_start.elapsed().as_secs_f64() * 1e3,
+        "pushed refs fetched"
+    );
     if fetched.is_err() {
         // A ref the source no longer has (pushed and deleted at once): a full fetch
         // brings the mirror to what the source holds.

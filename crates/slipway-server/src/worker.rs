@@ -491,6 +491,7 @@ async fn execute(
         }
     };
     let data = &app.config.data_dir;
+    let export_start = std::time::Instant::now();
     let export = match app
         .exports
         .get(&data.join("exports"), &mirror, &p.sha)
@@ -509,6 +510,12 @@ async fn execute(
             );
         }
     };
+    tracing::debug!(
+        job = p.job_id,
+        files = export.files.len(),
+        export_ms = export_start.elapsed().as_secs_f64() * 1e3,
+        "commit exported"
+    );
     // The job's `.git` shows the pipeline's ref, as GitLab Runner's fetch of one ref does.
     let packed_refs = {
         let kind = if p.context.tag { "tags" } else { "heads" };

@@ -313,3 +313,244 @@ fn export_writes_a_commit_with_modes_and_links() {
         src.git(&["rev-parse", &format!("{sha}^{{tree}}")])
     );
 }
+
+/// Writes a raw commit object (any headers, any message) into `repo`; its name.
+fn raw_commit(repo: &std::path::Path, text: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["hash-object", "-t", "commit", "-w", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn object_reader_answers_as_the_git_commands_do() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = TestRepo::init(&tmp.path().join("app"));
+    let c1 = src.commit(
+        &[
+            (".gitlab-ci.yml", "job:\n  script: [true]\n"),
+            ("a b.txt", "spaces\n"),
+            ("dir/ünï code.yml", "x: 1\n"),
+            ("deep/x/y/z.txt", "deep\n"),
+            ("tab\tname", "tab\n"),
+            ("odd\nname", "newline\n"),
+        ],
+        "first\n\nwith a body\n\n\n",
+    );
+    std::os::unix::fs::symlink("a b.txt", src.path.join("link")).expect("symlink");
+    std::fs::write(src.path.join("run.sh"), "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(
+        src.path.join("run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    src.git(&["add", "link", "run.sh"]);
+    // A submodule entry: a commit of another repository, not a file.
+    src.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{c1},vendor/sub"),
+    ]);
+    src.git(&["commit", "--quiet", "-m", "second [skip ci]"]);
+    let c2 = src.git(&["rev-parse", "HEAD"]);
+    src.git(&["tag", "v1", &c1]);
+    src.git(&["tag", "-a", "v2", "-m", "Release 2"]);
+    let tree = src.git(&["rev-parse", "HEAD^{tree}"]);
+    let blob = src.git(&["rev-parse", "HEAD:a b.txt"]);
+    // Commits written by other tools: another time zone, a merge, a signature header, UTC,
+    // and a message in Latin-1 that `git log` converts.
+    let west = raw_commit(
+        &src.path,
+        &format!(
+            "tree {tree}\nparent {c2}\nauthor Grace  Hopper <grace@example.com> 1700000000 -0530\n\
+             committer Ada <ada@example.com> 1700003600 -0530\n\nwest\n"
+        ),
+    );
+    let merge = raw_commit(
+        &src.path,
+        &format!(
+            "tree {tree}\nparent {c2}\nparent {west}\nauthor A <a@x> 1700000000 +0100\n\
+             committer A <a@x> 1700000000 +0100\ngpgsig -----BEGIN PGP SIGNATURE-----\n \n \
+             iQEz\n -----END PGP SIGNATURE-----\n\nMerge west\n\nencoding ISO-8859-1 is not a header here\n"
+        ),
+    );
+    let utc = raw_commit(
+        &src.path,
+        &format!(
+            "tree {tree}\nparent {merge}\nauthor A <a@x> 1700000000 +0000\n\
+             committer A <a@x> 1700000000 +0000\n\nutc\n"
+        ),
+    );
+    let latin = raw_commit(
+        &src.path,
+        &format!(
+            "tree {tree}\nparent {utc}\nauthor A <a@x> 1700000000 +0100\n\
+             committer A <a@x> 1700000000 +0100\nencoding ISO-8859-1\n\ncaf\u{e9}\n"
+        ),
+    );
+    // The Latin-1 byte for é, as that encoding writes it.
+    let latin = {
+        let text = String::from_utf8(
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&src.path)
+                .args(["cat-file", "commit", &latin])
+                .output()
+                .expect("git")
+                .stdout,
+        )
+        .expect("utf8");
+        let mut bytes = text.into_bytes();
+        let at = bytes.len() - 3;
+        bytes.splice(at..at + 2, [0xe9]);
+        use std::io::Write;
+        let mut child = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&src.path)
+            .args(["hash-object", "-t", "commit", "-w", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("git");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&bytes)
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    src.git(&["update-ref", "refs/heads/odd", &latin]);
+
+    let source = RepoSource::parse(src.path.to_str().expect("utf8")).expect("source");
+    let m = Mirror::create_or_open(&tmp.path().join("m.git"), &source).expect("mirror");
+    let mut r = m.objects().expect("reader");
+
+    for rev in [
+        c1.as_str(),
+        &c2,
+        &c2[..12],
+        "main",
+        "refs/heads/main",
+        "refs/heads/odd",
+        "refs/tags/v1",
+        "refs/tags/v2",
+        "v2",
+        "main~1",
+        "odd^2",
+        "refs/heads/nope",
+        "nope",
+        &tree,
+        &blob,
+        "main:a b.txt",
+        "HEAD",
+        "a b",
+    ] {
+        assert_eq!(
+            r.resolve_commit(&m, rev).expect("resolve"),
+            m.resolve_commit(rev).expect("resolve"),
+            "{rev}"
+        );
+    }
+    assert!(r.resolve_commit(&m, "-x").is_err());
+    assert!(r.resolve_commit(&m, "").is_err());
+    assert_eq!(
+        r.resolve_commit(&m, "refs/tags/v2").expect("v2").as_deref(),
+        Some(c2.as_str()),
+        "an annotated tag resolves to its commit"
+    );
+
+    for commit in [&c1, &c2, &west, &merge, &latin] {
+        assert_eq!(
+            r.commit_info(&m, commit).expect("info"),
+            m.commit_info(commit).expect("info"),
+            "{commit}"
+        );
+    }
+    let info = r.commit_info(&m, &merge).expect("merge");
+    assert_eq!(info.parents, vec![c2.clone(), west.clone()]);
+    assert!(info.message.starts_with("Merge west\n\nencoding"));
+    assert_eq!(
+        r.commit_info(&m, &west).expect("west").author,
+        "Grace  Hopper <grace@example.com>"
+    );
+    assert_eq!(r.commit_info(&m, &latin).expect("latin").message, "café");
+    let utc_info = r.commit_info(&m, &utc).expect("utc");
+    assert_eq!(utc_info.timestamp, "2023-11-14T22:13:20Z");
+    assert_eq!(utc_info.message, "utc");
+    assert_eq!(
+        r.commit_info(&m, &c1).expect("c1").message,
+        "first\n\nwith a body"
+    );
+
+    for commit in [&c1, &c2] {
+        let listed = r.list_files(commit).expect("list");
+        assert_eq!(listed, m.list_files(commit).expect("list"), "{commit}");
+    }
+    let listed = r.list_files(&c2).expect("list");
+    assert!(listed.contains(&"odd\nname".to_string()));
+    assert!(listed.contains(&"deep/x/y/z.txt".to_string()));
+    assert!(listed.contains(&"link".to_string()));
+    assert!(
+        !listed.iter().any(|f| f.starts_with("vendor")),
+        "{listed:?}"
+    );
+    assert!(r.list_files(&blob).is_err());
+
+    for path in [
+        ".gitlab-ci.yml",
+        "a b.txt",
+        "/a b.txt",
+        "./dir/ünï code.yml",
+        "dir/ünï code.yml",
+        "deep/x/y/z.txt",
+        "tab\tname",
+        "link",
+        "run.sh",
+        "dir",
+        "vendor/sub",
+        "missing.yml",
+        "deep/missing/z.txt",
+    ] {
+        assert_eq!(
+            r.read_file(&c2, path).expect("read"),
+            m.read_file(&c2, path).expect("read"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        r.read_file(&c2, "link").expect("link").as_deref(),
+        Some(&b"a b.txt"[..])
+    );
+    assert_eq!(r.read_file(&c2, "dir").expect("dir"), None);
+    assert!(r.read_file(&c2, "../etc/passwd").is_err());
+    assert!(r.read_file(&c2, "odd\nname").is_err());
+    // After every kind of answer the stream is still in step.
+    assert_eq!(
+        r.read_file(&c1, "a b.txt").expect("read").as_deref(),
+        Some(&b"spaces\n"[..])
+    );
+
+    // The loader reads through one reader and sees the same files.
+    let at = m.at_commit(&c2);
+    assert_eq!(at.read("a b.txt").as_deref(), Ok("spaces\n"));
+    assert_eq!(at.read("a b.txt").as_deref(), Ok("spaces\n"));
+    assert!(at.read("missing.yml").is_err());
+    assert_eq!(at.list(), listed);
+}
