@@ -2,7 +2,8 @@
 # Starts a throwaway PostgreSQL cluster for the store's tests (slipway-db) and prints its
 # URL on stdout. Installs Debian's postgresql if needed, creates the cluster under
 # $SLIPWAY_PG_DIR (default /tmp/slipway-pg) owned by the `postgres` user, trusts local
-# connections, and listens on 127.0.0.1:$SLIPWAY_PG_PORT (default 55432) only.
+# connections, and listens on 127.0.0.1:$SLIPWAY_PG_PORT (default 25432: below the
+# ephemeral range, so no outgoing connection can hold it) only.
 #
 # Idempotent; run as root:   url=$(bash scripts/setup-postgres.sh)
 # Then:                      SLIPWAY_TEST_POSTGRES_URL=$url cargo test -p slipway-db
@@ -10,7 +11,7 @@
 set -euo pipefail
 
 DIR=${SLIPWAY_PG_DIR:-/tmp/slipway-pg}
-PORT=${SLIPWAY_PG_PORT:-55432}
+PORT=${SLIPWAY_PG_PORT:-25432}
 URL="postgres://postgres@127.0.0.1:$PORT/postgres"
 
 log() { echo "setup-postgres: $*" >&2; }

@@ -5,12 +5,16 @@
 //! own process group so a timeout or cancel stops everything it started.
 //!
 //! Between [`Executor::expect_jobs`] and [`Executor::no_more_jobs`] (a pipeline run),
-//! bash is started ahead of the next job in each workspace ("warm" shells): while a job
-//! runs, the next job's shell is already past its start-up, blocked reading stdin. The
-//! next job hands it its script through that pipe (never on disk); the job-specific
-//! variables travel in the script as `export` lines, as GitLab Runner's shell executor
-//! sends them. Each job still gets a new bash process of its own; only the start-up is
-//! overlapped with the previous job.
+//! each workspace has a resident bash started once: for every job it forks a subshell,
+//! which becomes the job's shell. A fork of a bash that has already started costs a
+//! fifth of starting a new one (no exec, no dynamic loader), and the job's shell is
+//! still a process of its own with nothing of any earlier job: the resident shell runs
+//! nothing but its loop. The job's output pipe and its script (never on disk; the
+//! job-specific variables in it as `export` lines, as GitLab Runner's shell executor
+//! sends them) reach the subshell through `/proc/<slipway>/fd/N`; the resident shell
+//! reports the subshell's pid (its process group, under `set -m`) and exit status.
+//! Differences from a new bash that a script could notice: `$$` is the resident
+//! shell's pid (`$BASHPID` is the job's), and `$BASH_SUBSHELL` is 1.
 
 use crate::executor::{ExecFuture, ExecOutcome, ExecStatus, Executor, JobSpec};
 use crate::logs::LogSink;
@@ -40,46 +44,63 @@ pub struct ShellExecutor {
     /// Where generated scripts are written (outside the workspace, so artifacts and
     /// `git status` never see them).
     scripts_dir: PathBuf,
-    warm: Arc<Warm>,
+    residents: Arc<Residents>,
 }
 
-/// The warm shells of an executor (shared with the threads that start them).
+/// The resident shells of an executor (shared with the threads that start them).
 #[derive(Default)]
-struct Warm {
-    /// Waiting for a job (or still starting), by workspace.
-    spares: Mutex<HashMap<PathBuf, Warming>>,
+struct Residents {
+    /// Waiting for a job (or still starting), by workspace; a job takes its workspace's
+    /// out while it runs and puts it back after.
+    idle: Mutex<HashMap<PathBuf, Slot>>,
     /// What they are started with: the machine's environment under the variables every
-    /// job of the run has. `None`: no warm shells (outside a run).
+    /// job of the run has. `None`: no resident shells (outside a run).
     env: Mutex<Option<Arc<Env>>>,
-    /// Set by [`Executor::no_more_jobs`]: warm shells used are not replaced.
+    /// Set by [`Executor::no_more_jobs`]: resident shells go once idle.
     closing: AtomicBool,
 }
 
 /// An environment: each variable once.
 type Env = HashMap<OsString, OsString>;
 
-/// A bash started ahead of a job, blocked reading its script from stdin. Dropped unused,
-/// it is killed (`kill_on_drop`: it has started nothing else) and reaped by the runtime.
-struct Spare {
+/// A bash that forks the jobs of one workspace, waiting for the next. Dropped, it is
+/// killed (`kill_on_drop`; it also ends by itself when its control pipe closes).
+struct Resident {
     child: tokio::process::Child,
-    output: std::io::PipeReader,
+    /// One line per job: `PID OUT SCRIPT`, the fds of Slipway's process the job's
+    /// subshell opens as its output and reads its script from.
+    control: tokio::process::ChildStdin,
+    /// `P <pid>` when a job's subshell started, `E <status>` when it ended.
+    reports: tokio::io::BufReader<tokio::process::ChildStdout>,
     /// The environment it was started with.
     env: Arc<Env>,
 }
 
-/// A workspace's next shell: started, or being started on a blocking thread. A job that
-/// comes while its shell is still starting waits for it: the start is under way, and a
-/// new shell instead would cost the same start-up again on the job's path and leave
-/// one shell too many (killed unused).
-enum Warming {
-    Ready(Spare),
-    /// Dropped before it finishes, the shell it makes is dropped with its output (killed).
-    Starting(tokio::task::JoinHandle<Option<Spare>>),
+/// A workspace's resident shell: started, or being started on a blocking thread. A job
+/// that comes while it is still starting waits for it: the start is under way, and a new
+/// shell instead would cost the same start-up again on the job's path.
+enum Slot {
+    Ready(Box<Resident>),
+    /// Dropped before it finishes, the shell it makes is dropped with it (killed).
+    Starting(tokio::task::JoinHandle<Option<Resident>>),
 }
 
-/// What a warm shell runs: its script, read whole from stdin (in blocks: bash reads a
-/// pipe given as its script one byte at a time), then run as `bash -c` would run it.
-const WARM_BOOTSTRAP: &str = r#"eval "$(</dev/stdin)""#;
+/// The resident shell's loop. Job control (`set -m`) puts each job's subshell in a
+/// process group of its own and leaves its signals as a new shell's (without it, bash
+/// ignores SIGINT and SIGQUIT in background jobs); the subshell turns it off again, as
+/// in any script. The loop's own variables are unset before the job's script runs.
+const RESIDENT_LOOP: &str = r#"set -m
+while read -r __slipway_pid __slipway_out __slipway_script; do
+  ( exec </dev/null >"/proc/$__slipway_pid/fd/$__slipway_out" 2>&1
+    set +m
+    eval "unset __slipway_pid __slipway_out __slipway_script; $(<"/proc/$__slipway_pid/fd/$__slipway_script")"
+  ) &
+  printf 'P %s
+' "$!"
+  wait "$!"
+  printf 'E %s
+' "$?"
+done"#;
 
 impl ShellExecutor {
     /// Uses bash when it is on the PATH, sh otherwise.
@@ -107,20 +128,20 @@ impl ShellExecutor {
             shell,
             bash,
             scripts_dir: scripts_dir.to_path_buf(),
-            warm: Arc::new(Warm::default()),
+            residents: Arc::new(Residents::default()),
         }
     }
 
-    /// How many warm shells wait for a job, started (for tests and diagnostics).
-    pub fn warm_shells(&self) -> usize {
-        self.warm
-            .spares
+    /// How many resident shells wait for a job, started (for tests and diagnostics).
+    pub fn resident_shells(&self) -> usize {
+        self.residents
+            .idle
             .lock()
             .map(|s| {
                 s.values()
                     .filter(|w| match w {
-                        Warming::Ready(_) => true,
-                        Warming::Starting(h) => h.is_finished(),
+                        Slot::Ready(_) => true,
+                        Slot::Starting(h) => h.is_finished(),
                     })
                     .count()
             })
@@ -208,8 +229,6 @@ struct Phase<'a> {
     timeout: Duration,
     cancel: &'a CancellationToken,
     tag: &'a str,
-    /// May run in a warm shell (and leaves one ready for the workspace's next job).
-    warm: bool,
 }
 
 enum Ended {
@@ -217,6 +236,72 @@ enum Ended {
     TimedOut,
     Canceled,
     SpawnFailed(String),
+}
+
+/// A job's shell while it runs: a new bash, or a subshell of a resident one.
+enum Running {
+    Cold(tokio::process::Child),
+    Resident(ResidentJob),
+}
+
+/// A job running in a subshell of its workspace's resident shell.
+struct ResidentJob {
+    shell: Resident,
+    /// The subshell's pid: the job's process group.
+    pid: i32,
+    /// Slipway's ends of the job's pipes, kept open until the subshell has ended (it
+    /// opens them through `/proc`), then closed so the output reaches end-of-file.
+    pipes: Option<(std::io::PipeWriter, std::io::PipeReader)>,
+    /// `None` while running; then the exit status, if the resident shell reported one.
+    ended: Option<Option<i32>>,
+    /// A report line being read (kept across `select!` polls: reading a line is not
+    /// cancel-safe, but what was read stays here).
+    line: String,
+}
+
+impl Running {
+    fn pgid(&self) -> Option<i32> {
+        match self {
+            Running::Cold(child) => child.id().map(|id| id as i32),
+            Running::Resident(job) => Some(job.pid),
+        }
+    }
+
+    /// Wait for the job's shell to end: its exit status (128 + the signal when killed),
+    /// `None` when unknown. Cancel-safe, and may be called again once ended.
+    async fn wait(&mut self) -> Option<i32> {
+        match self {
+            Running::Cold(child) => child.wait().await.ok().and_then(|s| exit_code(&s)),
+            Running::Resident(job) => {
+                use tokio::io::AsyncBufReadExt;
+                while job.ended.is_none() {
+                    match job.shell.reports.read_line(&mut job.line).await {
+                        Ok(n) if n > 0 && !job.line.ends_with('\n') => continue,
+                        Ok(n) if n > 0 => {
+                            let line = std::mem::take(&mut job.line);
+                            if let Some(status) = line.trim_end().strip_prefix("E ") {
+                                job.ended = Some(status.parse().ok());
+                            }
+                        }
+                        // The resident shell went away: the status is lost.
+                        _ => job.ended = Some(None),
+                    }
+                }
+                job.pipes = None;
+                job.ended.flatten()
+            }
+        }
+    }
+
+    /// The resident shell back, if it reported the job's end and is still there.
+    fn into_resident(self) -> Option<Resident> {
+        match self {
+            Running::Resident(mut job) if matches!(job.ended, Some(Some(_))) => {
+                matches!(job.shell.child.try_wait(), Ok(None)).then_some(job.shell)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl ShellExecutor {
@@ -227,26 +312,20 @@ impl ShellExecutor {
             timeout,
             cancel,
             tag,
-            warm,
         } = phase;
         let script = render_script(commands, self.bash, &job.workdir);
         let env = job_env(job, extra_env);
-        let mut started = None;
-        if warm {
-            started = self.start_warm(job, &script, &env).await;
-        }
-        let started = match started {
+        let started = match self.start_resident(job, &script, &env).await {
             Some(s) => Ok(s),
-            None => self.start_cold(job, &script, &env, tag),
+            None => self
+                .start_cold(job, &script, &env, tag)
+                .map(|(child, reader)| (Running::Cold(child), reader)),
         };
-        if warm {
-            self.replenish(&job.workdir);
-        }
-        let (mut child, reader) = match started {
+        let (mut running, reader) = match started {
             Ok(x) => x,
             Err(e) => return Ended::SpawnFailed(e),
         };
-        let pgid = child.id().map(|id| id as i32);
+        let pgid = running.pgid();
         // The output is read here, on the runtime, as it comes (no thread per job).
         let mut out = match Output::new(reader) {
             Ok(o) => o,
@@ -254,7 +333,8 @@ impl ShellExecutor {
                 if let Some(pgid) = pgid {
                     kill_group(pgid, libc::SIGKILL);
                 }
-                let _ = child.wait().await;
+                running.wait().await;
+                self.give_back(&job.workdir, running);
                 return Ended::SpawnFailed(format!("cannot read the job's output: {e}"));
             }
         };
@@ -262,12 +342,22 @@ impl ShellExecutor {
         tokio::pin!(deadline);
         let ended = loop {
             tokio::select! {
-                status = child.wait() => break Ended::Exited(status.ok().and_then(|s| exit_code(&s))),
+                status = running.wait() => break Ended::Exited(status),
                 _ = &mut deadline => break Ended::TimedOut,
                 _ = cancel.cancelled() => break Ended::Canceled,
                 _ = out.pump(log), if !out.eof => {}
             }
         };
+        if matches!(
+            (&ended, &running),
+            (Ended::Exited(None), Running::Resident(_))
+        ) {
+            log.system(
+                "ERROR: the workspace's resident shell ended before the job did (in a job, \
+                 `$$` is that shell, `$BASHPID` the job's own: was it `kill $$`?); the job's \
+                 exit status is unknown",
+            );
+        }
         // Stop the whole group: what the job left running, or everything on timeout/cancel.
         if let Some(pgid) = pgid {
             kill_group(pgid, libc::SIGTERM);
@@ -276,7 +366,7 @@ impl ShellExecutor {
                 tokio::pin!(grace);
                 let exited = loop {
                     tokio::select! {
-                        _ = child.wait() => break true,
+                        _ = running.wait() => break true,
                         _ = &mut grace => break false,
                         _ = out.pump(log), if !out.eof => {}
                     }
@@ -287,7 +377,7 @@ impl ShellExecutor {
             }
             kill_group(pgid, libc::SIGKILL);
         }
-        let _ = child.wait().await;
+        running.wait().await;
         // What is still in the pipe; a stray process holding it open is not waited for.
         let _ = tokio::time::timeout(DRAIN_LIMIT, async {
             while !out.eof {
@@ -295,6 +385,7 @@ impl ShellExecutor {
             }
         })
         .await;
+        self.give_back(&job.workdir, running);
         ended
     }
 }
@@ -303,8 +394,6 @@ impl ShellExecutor {
 enum Script<'a> {
     Inline(&'a str),
     File(&'a Path),
-    /// Read from stdin (a warm shell).
-    Stdin,
 }
 
 /// The job's environment: the machine's (PATH, HOME...) under the job's variables (later
@@ -409,13 +498,7 @@ fn spawn_shell(
             cmd.arg(path);
             Stdio::null()
         }
-        Script::Stdin => {
-            cmd.arg("-c").arg(WARM_BOOTSTRAP).arg(shell);
-            Stdio::piped()
-        }
     };
-    // A warm shell may be started before its workspace exists: its script starts with a
-    // `cd` there anyway.
     if workdir.is_dir() {
         cmd.current_dir(workdir);
     }
@@ -432,14 +515,50 @@ fn spawn_shell(
     Ok((child, reader))
 }
 
-impl Warm {
-    /// Start a warm shell for `workdir` (none when it cannot start, or when no job may
-    /// come for it any more: the next job then starts its own).
-    fn start(&self, shell: &Path, workdir: &Path) -> Option<Spare> {
+impl Residents {
+    /// Start a resident shell for `workdir` (none when it cannot start, or when no job
+    /// may come for it any more: the next job then starts a shell of its own).
+    fn start(&self, shell: &Path, workdir: &Path) -> Option<Resident> {
         let env = self.env.lock().ok().and_then(|e| e.clone())?;
-        let (child, output) = spawn_shell(shell, true, workdir, Script::Stdin, &env).ok()?;
+        let mut cmd = Command::new(shell);
+        cmd.arg("--noprofile")
+            .arg("--norc")
+            .arg("-c")
+            .arg(RESIDENT_LOOP)
+            .arg(shell);
+        // Started before its workspace may exist: each job's script starts with a `cd`.
+        if workdir.is_dir() {
+            cmd.current_dir(workdir);
+        }
+        cmd.env_clear()
+            .envs(env.as_ref())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // bash's job notices ("Done", "Terminated"); the jobs' own output has its pipe.
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        // A session of its own, with no controlling terminal: jobs run as a CI runner's
+        // do (a job opening /dev/tty gets an error instead of being stopped by the
+        // terminal), and a Ctrl-C at the terminal reaches Slipway only, which cancels.
+        // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().ok()?;
+        let control = child.stdin.take()?;
+        let reports = tokio::io::BufReader::new(child.stdout.take()?);
         // Dropped here, it is killed.
-        (!self.closing.load(Ordering::Acquire)).then_some(Spare { child, output, env })
+        (!self.closing.load(Ordering::Acquire)).then_some(Resident {
+            child,
+            control,
+            reports,
+            env,
+        })
     }
 }
 
@@ -486,66 +605,84 @@ impl ShellExecutor {
         spawned.map_err(|e| format!("cannot start {}: {e}", self.shell.display()))
     }
 
-    /// The workspace's warm shell, given the script (the job's own variables first),
-    /// when there is one that is still waiting and the variables can be given that way.
-    async fn start_warm(
+    /// The job started in a subshell of its workspace's resident shell, when there is
+    /// one and the variables can be given that way (`None`: start a new shell).
+    async fn start_resident(
         &self,
         job: &JobSpec,
         script: &str,
         env: &Env,
-    ) -> Option<(tokio::process::Child, std::io::PipeReader)> {
-        let warming = self.warm.spares.lock().ok()?.remove(&job.workdir)?;
-        let Spare {
-            mut child,
-            output,
-            env: base,
-        } = match warming {
-            Warming::Ready(spare) => spare,
-            Warming::Starting(handle) => handle.await.ok()??,
+    ) -> Option<(Running, std::io::PipeReader)> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::AsyncBufReadExt;
+        let slot = {
+            let mut idle = self.residents.idle.lock().ok()?;
+            let slot = idle.remove(&job.workdir);
+            if self.residents.closing.load(Ordering::Acquire) {
+                // No other job is to come: the other workspaces' shells go.
+                idle.clear();
+            }
+            slot?
         };
-        if !matches!(child.try_wait(), Ok(None)) {
+        let mut shell = match slot {
+            Slot::Ready(shell) => *shell,
+            Slot::Starting(handle) => handle.await.ok()??,
+        };
+        if !matches!(shell.child.try_wait(), Ok(None)) {
             return None;
         }
-        let mut text = env_script(&base, env)?;
+        let Some(mut text) = env_script(&shell.env, env) else {
+            self.put_back(&job.workdir, shell);
+            return None;
+        };
         text.push_str(script);
-        let mut stdin = child.stdin.take()?;
-        if stdin.write_all(text.as_bytes()).await.is_err() {
-            // It went away; the job starts in a new shell instead.
-            return None;
+        let (output, output_w) = std::io::pipe().ok()?;
+        let (script_r, script_w) = std::io::pipe().ok()?;
+        let request = format!(
+            "{} {} {}\n",
+            std::process::id(),
+            output_w.as_raw_fd(),
+            script_r.as_raw_fd()
+        );
+        // A shell that went away (an error here) is dropped; the job starts a new one.
+        shell.control.write_all(request.as_bytes()).await.ok()?;
+        // Written aside: a script longer than the pipe holds is read while it is written.
+        let mut sender =
+            tokio::net::unix::pipe::Sender::from_owned_fd(std::os::fd::OwnedFd::from(script_w))
+                .ok()?;
+        tokio::spawn(async move {
+            let _ = sender.write_all(text.as_bytes()).await;
+        });
+        let mut line = String::new();
+        while !line.ends_with('\n') {
+            if shell.reports.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
         }
-        // End of file: the shell runs what it read.
-        drop(stdin);
-        Some((child, output))
+        let pid = line.trim_end().strip_prefix("P ")?.parse().ok()?;
+        let job = ResidentJob {
+            shell,
+            pid,
+            pipes: Some((output_w, script_r)),
+            ended: None,
+            line: String::new(),
+        };
+        Some((Running::Resident(job), output))
     }
 
-    /// Leave a warm shell ready for the next job in `workdir`, during a run: started on
-    /// a blocking thread, so the job that just started is watched meanwhile. Once no job
-    /// is to start any more, the warm shells left go instead.
-    fn replenish(&self, workdir: &Path) {
-        if self.warm.closing.load(Ordering::Acquire) {
-            if let Ok(mut spares) = self.warm.spares.lock() {
-                spares.clear();
-            }
+    /// A job's shell ended: a resident one waits for the workspace's next job.
+    fn give_back(&self, workdir: &Path, running: Running) {
+        if let Some(shell) = running.into_resident() {
+            self.put_back(workdir, shell);
+        }
+    }
+
+    fn put_back(&self, workdir: &Path, shell: Resident) {
+        if self.residents.closing.load(Ordering::Acquire) {
             return;
         }
-        if !self.bash {
-            return;
-        }
-        let warming = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let (warm, shell, dir) =
-                    (self.warm.clone(), self.shell.clone(), workdir.to_path_buf());
-                Warming::Starting(rt.spawn_blocking(move || warm.start(&shell, &dir)))
-            }
-            Err(_) => match self.warm.start(&self.shell, workdir) {
-                Some(spare) => Warming::Ready(spare),
-                None => return,
-            },
-        };
-        if let Ok(mut spares) = self.warm.spares.lock() {
-            // A shell this replaces (none in a run: each job takes its workspace's)
-            // is killed.
-            spares.insert(workdir.to_path_buf(), warming);
+        if let Ok(mut idle) = self.residents.idle.lock() {
+            idle.insert(workdir.to_path_buf(), Slot::Ready(Box::new(shell)));
         }
     }
 }
@@ -568,24 +705,41 @@ fn exit_code(status: &std::process::ExitStatus) -> Option<i32> {
 impl Executor for ShellExecutor {
     fn expect_jobs(&self, workdirs: &[PathBuf], shared: &[(String, String)]) {
         if !self.bash {
-            // The bootstrap is bash's.
+            // The resident loop is bash's.
             return;
         }
         let mut env: Env = std::env::vars_os().collect();
         for (k, v) in shared {
             env.insert(k.into(), v.into());
         }
-        if let Ok(mut w) = self.warm.env.lock() {
+        if let Ok(mut w) = self.residents.env.lock() {
             *w = Some(Arc::new(env));
         }
-        self.warm.closing.store(false, Ordering::Release);
+        self.residents.closing.store(false, Ordering::Release);
         for dir in workdirs {
-            self.replenish(dir);
+            // Started on a blocking thread: spawning waits for the new process's exec.
+            let slot = match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let (residents, shell, dir) =
+                        (self.residents.clone(), self.shell.clone(), dir.clone());
+                    Slot::Starting(rt.spawn_blocking(move || residents.start(&shell, &dir)))
+                }
+                Err(_) => match self.residents.start(&self.shell, dir) {
+                    Some(shell) => Slot::Ready(Box::new(shell)),
+                    None => continue,
+                },
+            };
+            if let Ok(mut idle) = self.residents.idle.lock() {
+                // One it replaces (from an earlier run) is killed.
+                idle.insert(dir.clone(), slot);
+            }
         }
     }
 
     fn no_more_jobs(&self) {
-        self.warm.closing.store(true, Ordering::Release);
+        // Those still idle stay for a job that comes anyway (the last one is started
+        // after this); each goes when its job ends, the rest with the executor.
+        self.residents.closing.store(true, Ordering::Release);
     }
 
     fn run<'a>(
@@ -614,7 +768,6 @@ impl Executor for ShellExecutor {
                         timeout: job.timeout,
                         cancel: &cancel,
                         tag: &format!("{tag}-script"),
-                        warm: true,
                     },
                     &log,
                 )
@@ -646,7 +799,6 @@ impl Executor for ShellExecutor {
                             timeout: job.after_script_timeout,
                             cancel: &CancellationToken::new(),
                             tag: &format!("{tag}-after"),
-                            warm: false,
                         },
                         &log,
                     )

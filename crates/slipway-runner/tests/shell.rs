@@ -271,38 +271,38 @@ async fn a_script_crowded_out_by_the_environment_runs_from_a_file() {
     assert!(scripts.exists(), "the script was written to a file");
 }
 
-/// An executor with a warm shell waiting in `dir`, as during a pipeline run.
-fn warm_executor(dir: &Path, shared: &[(&str, &str)]) -> ShellExecutor {
+/// An executor with a resident shell waiting in `dir`, as during a pipeline run.
+fn resident_executor(dir: &Path, shared: &[(&str, &str)]) -> ShellExecutor {
     let exec = ShellExecutor::new(&dir.join(".scripts"));
     let shared: Vec<(String, String)> = shared
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     exec.expect_jobs(&[dir.to_path_buf()], &shared);
-    wait_for_warm(&exec, 1);
+    wait_for_resident(&exec, 1);
     exec
 }
 
-/// Warm shells start on a thread of their own: wait until `n` are ready.
-fn wait_for_warm(exec: &ShellExecutor, n: usize) {
+/// Resident shells start on a thread of their own: wait until `n` are ready.
+fn wait_for_resident(exec: &ShellExecutor, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while exec.warm_shells() != n && std::time::Instant::now() < deadline {
+    while exec.resident_shells() != n && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(exec.warm_shells(), n);
+    assert_eq!(exec.resident_shells(), n);
 }
 
-/// Whether the job's shell was a warm one: its `-c` argument is the bootstrap, not the
-/// script.
-const WHICH_SHELL: &str = "if [ \"$(tr '\\0' '\\n' < /proc/$$/cmdline | sed -n 5p)\" = 'eval \"$(</dev/stdin)\"' ]; then echo shell=warm; else echo shell=cold; fi";
+/// Whether the job's shell was a subshell of a resident one (its `$$` is its parent's).
+const WHICH_SHELL: &str =
+    "if [ \"$BASHPID\" != \"$$\" ]; then echo shell=resident; else echo shell=cold; fi";
 
-/// A job in a warm shell: GitLab Runner's echo and failure semantics, every variable
+/// A job in a resident shell: GitLab Runner's echo and failure semantics, every variable
 /// exactly as given (job-specific ones through the script), shared ones from the start,
-/// and a warm shell left for the next job.
+/// and a resident shell left for the next job.
 #[tokio::test]
-async fn warm_shells_keep_job_semantics_and_variables() {
+async fn resident_shells_keep_job_semantics_and_variables() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exec = warm_executor(dir.path(), &[("SHARED", "same for all"), ("GONE", "x")]);
+    let exec = resident_executor(dir.path(), &[("SHARED", "same for all"), ("GONE", "x")]);
     let tricky = "it's \"quoted\" $HOME `date` \\ back\nsecond line";
     let mut job = spec(
         dir.path(),
@@ -318,7 +318,7 @@ async fn warm_shells_keep_job_semantics_and_variables() {
     job.variables.push(("TRICKY".into(), tricky.into()));
     let (out, lines) = run(&exec, &job).await;
     assert_eq!(lines[0], format!("$ {WHICH_SHELL}"));
-    assert_eq!(lines[1], "shell=warm", "{lines:?}");
+    assert_eq!(lines[1], "shell=resident", "{lines:?}");
     assert!(
         lines.contains(&"hello world|same for all|unset".to_string()),
         "{lines:?}"
@@ -332,22 +332,22 @@ async fn warm_shells_keep_job_semantics_and_variables() {
     assert!(!lines.iter().any(|l| l == "never"));
     // Nothing of the script is shown but the commands.
     assert!(!lines.iter().any(|l| l.contains("export")), "{lines:?}");
-    // A warm shell waits for the next job.
-    wait_for_warm(&exec, 1);
+    // A resident shell waits for the next job.
+    wait_for_resident(&exec, 1);
     // The next job gets its own new shell, with nothing of the previous job's.
     let job2 = spec(dir.path(), &[WHICH_SHELL, "echo \"${TRICKY-none} $$\""]);
     let (out2, lines2) = run(&exec, &job2).await;
     assert_eq!(out2.status, ExecStatus::Success);
-    assert_eq!(lines2[1], "shell=warm");
+    assert_eq!(lines2[1], "shell=resident");
     assert!(lines2[3].starts_with("none "), "{lines2:?}");
 }
 
 /// Variables a running bash cannot take as `export` lines (a name bash reads only at
 /// start, or not a plain name) make the job start a new shell with them instead.
 #[tokio::test]
-async fn variables_a_warm_shell_cannot_take_start_a_new_shell() {
+async fn variables_a_resident_shell_cannot_take_start_a_new_shell() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exec = warm_executor(dir.path(), &[]);
+    let exec = resident_executor(dir.path(), &[]);
     let mut job = spec(
         dir.path(),
         &[
@@ -366,12 +366,12 @@ async fn variables_a_warm_shell_cannot_take_start_a_new_shell() {
     assert_eq!(lines[5], "/nonexistent");
 }
 
-/// A timeout in a warm shell still stops the job's whole process group, and
+/// A timeout in a resident shell still stops the job's whole process group, and
 /// `after_script` runs in a shell of its own with `CI_JOB_STATUS`.
 #[tokio::test]
-async fn a_warm_shell_job_times_out_as_a_group() {
+async fn a_resident_shell_job_times_out_as_a_group() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exec = warm_executor(dir.path(), &[]);
+    let exec = resident_executor(dir.path(), &[]);
     let mut job = spec(
         dir.path(),
         &[
@@ -385,7 +385,7 @@ async fn a_warm_shell_job_times_out_as_a_group() {
     job.after_script = vec!["echo \"after: $CI_JOB_STATUS\"".into()];
     let (out, lines) = run(&exec, &job).await;
     assert_eq!(out.status, ExecStatus::TimedOut);
-    assert_eq!(lines[1], "shell=warm");
+    assert_eq!(lines[1], "shell=resident");
     assert!(lines.contains(&"after: failed".to_string()), "{lines:?}");
     let pid: i32 = std::fs::read_to_string(dir.path().join("child.pid"))
         .expect("pid")
@@ -400,12 +400,12 @@ async fn a_warm_shell_job_times_out_as_a_group() {
     assert!(!running, "background process {pid} survived: {status}");
 }
 
-/// A warm shell given a masked value (a job-specific secret travels in its script):
+/// A resident shell given a masked value (a job-specific secret travels in its script):
 /// the value works, never shows in the output, and no script is written anywhere.
 #[tokio::test]
-async fn secrets_through_a_warm_shell_stay_out_of_logs_and_files() {
+async fn secrets_through_a_resident_shell_stay_out_of_logs_and_files() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exec = warm_executor(dir.path(), &[]);
+    let exec = resident_executor(dir.path(), &[]);
     let mut job = spec(
         dir.path(),
         &[
@@ -417,7 +417,7 @@ async fn secrets_through_a_warm_shell_stay_out_of_logs_and_files() {
     job.variables.push(("TOKEN".into(), "topsecret".into()));
     let (out, lines) = run(&exec, &job).await;
     assert_eq!(out.status, ExecStatus::Success);
-    assert_eq!(lines[1], "shell=warm");
+    assert_eq!(lines[1], "shell=resident");
     assert!(lines.contains(&"token-ok".to_string()));
     assert!(lines.contains(&"[MASKED]".to_string()), "{lines:?}");
     assert!(!lines.iter().any(|l| l.contains("topsecret")), "{lines:?}");
@@ -481,10 +481,10 @@ async fn shells_gone_from(dir: &Path) -> Vec<i32> {
 }
 
 /// Jobs that follow each other in a workspace faster than a shell starts still get a
-/// warm shell each: a job whose shell is still starting waits for that one rather than
+/// resident shell each: a job whose shell is still starting waits for that one rather than
 /// starting another (which would pay the start-up again and leave a shell unused).
 #[tokio::test]
-async fn a_job_takes_its_warm_shell_while_it_starts() {
+async fn a_job_waits_for_its_resident_shell_while_it_starts() {
     let dir = tempfile::tempdir().expect("tmp");
     let exec = ShellExecutor::new(&dir.path().join(".scripts"));
     exec.expect_jobs(&[dir.path().to_path_buf()], &[]);
@@ -492,43 +492,185 @@ async fn a_job_takes_its_warm_shell_while_it_starts() {
     for n in 0..5 {
         let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
         assert_eq!(out.status, ExecStatus::Success, "{lines:?}");
-        assert_eq!(lines[1], "shell=warm", "job {n}");
+        assert_eq!(lines[1], "shell=resident", "job {n}");
     }
     exec.no_more_jobs();
     let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
     assert_eq!(out.status, ExecStatus::Success);
-    assert_eq!(lines[1], "shell=warm", "the last job");
-    assert_eq!(exec.warm_shells(), 0, "none left after the last job");
+    assert_eq!(lines[1], "shell=resident", "the last job");
+    assert_eq!(exec.resident_shells(), 0, "none left after the last job");
     drop(exec);
     let left = shells_gone_from(dir.path()).await;
     assert!(left.is_empty(), "shells left running: {left:?}");
 }
 
-/// A warm shell no job came for goes with the executor; after `no_more_jobs`, the next
+/// A resident shell no job came for goes with the executor; after `no_more_jobs`, the next
 /// job leaves none behind.
 #[tokio::test]
-async fn unused_warm_shells_are_cleaned_up() {
+async fn unused_resident_shells_are_cleaned_up() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exec = warm_executor(dir.path(), &[]);
-    assert_eq!(shells_in(dir.path()).len(), 1, "the warm shell is running");
+    let exec = resident_executor(dir.path(), &[]);
+    assert_eq!(
+        shells_in(dir.path()).len(),
+        1,
+        "the resident shell is running"
+    );
     drop(exec);
     let left = shells_gone_from(dir.path()).await;
-    assert!(left.is_empty(), "warm shells left running: {left:?}");
+    assert!(left.is_empty(), "resident shells left running: {left:?}");
 
     let other = tempfile::tempdir().expect("tmp");
-    let exec = warm_executor(dir.path(), &[]);
+    let exec = resident_executor(dir.path(), &[]);
     exec.expect_jobs(&[other.path().to_path_buf()], &[]);
-    wait_for_warm(&exec, 2);
+    wait_for_resident(&exec, 2);
     exec.no_more_jobs();
     let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
     assert_eq!(out.status, ExecStatus::Success);
     assert_eq!(
-        lines[1], "shell=warm",
-        "the last job still uses its warm shell"
+        lines[1], "shell=resident",
+        "the last job still uses its resident shell"
     );
     assert_eq!(
-        exec.warm_shells(),
+        exec.resident_shells(),
         0,
         "and leaves none, nor the other workspace's"
     );
+}
+
+/// Jobs that follow each other in a resident shell's workspace see nothing of each
+/// other: shell variables, functions, options, traps, the directory and the umask are
+/// the subshell's own; each job has its own process (and process group), a new shell's
+/// signal dispositions, and no controlling terminal.
+#[tokio::test]
+async fn jobs_in_a_resident_shell_are_isolated_from_each_other() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = resident_executor(dir.path(), &[]);
+    let first = spec(
+        dir.path(),
+        &[
+            WHICH_SHELL,
+            "LEFT=over; export EXPORTED=too; f() { echo f; }; set -u; shopt -s nullglob",
+            "trap 'echo trapped' EXIT; umask 077; alias ll=ls; cd /",
+            "echo \"pid=$BASHPID pgid=$(ps -o pgid= -p $BASHPID | tr -d ' ')\"",
+        ],
+    );
+    let (out, lines) = run(&exec, &first).await;
+    assert_eq!(out.status, ExecStatus::Success, "{lines:?}");
+    assert_eq!(lines[1], "shell=resident");
+    let pid_line = lines
+        .iter()
+        .find(|l| l.starts_with("pid="))
+        .expect("pid line");
+    let (pid, pgid) = pid_line
+        .trim_start_matches("pid=")
+        .split_once(" pgid=")
+        .expect("both");
+    assert_eq!(pid, pgid, "the job leads its own process group");
+    assert!(lines.contains(&"trapped".to_string()), "{lines:?}");
+
+    let second = spec(
+        dir.path(),
+        &[
+            WHICH_SHELL,
+            "echo \"${LEFT-none} ${EXPORTED-none} $(type -t f || echo nofunc) $(type -t ll || echo noalias)\"",
+            "echo \"$(shopt -p nullglob) $(umask) ${-//[^u]/}|\"",
+            "pwd",
+            "grep -E '^Sig(Ign|Blk)' /proc/self/status",
+            "echo \"pid=$BASHPID\"",
+            "if : </dev/tty; then echo has-a-terminal; else echo no-terminal; fi",
+        ],
+    );
+    let (out, lines) = run(&exec, &second).await;
+    assert_eq!(out.status, ExecStatus::Success, "{lines:?}");
+    assert_eq!(lines[1], "shell=resident");
+    assert_eq!(lines[3], "none none nofunc noalias", "{lines:?}");
+    let umask = new_shell_umask();
+    assert_eq!(
+        lines[5],
+        format!("shopt -u nullglob {umask} |"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        std::path::Path::new(&lines[7]).canonicalize().ok(),
+        dir.path().canonicalize().ok()
+    );
+    // Signals as in a new shell's commands.
+    let cold = ShellExecutor::new(&dir.path().join(".scripts"));
+    let (_, cold_lines) = run(
+        &cold,
+        &spec(
+            dir.path(),
+            &[WHICH_SHELL, "grep -E '^Sig(Ign|Blk)' /proc/self/status"],
+        ),
+    )
+    .await;
+    assert_eq!(cold_lines[1], "shell=cold");
+    // Signals 1 to 31 (32 and up are the C library's own, inherited as they come).
+    let standard = |l: &str| {
+        let hex = l.split_once('\t').map(|(_, h)| h).unwrap_or(l);
+        u64::from_str_radix(hex, 16).expect("hex mask") & 0x7fff_ffff
+    };
+    for (resident, cold) in lines[9..11].iter().zip(&cold_lines[3..5]) {
+        assert_eq!(standard(resident), 0, "{lines:?}");
+        assert_eq!(standard(cold), 0, "{cold_lines:?}");
+    }
+    assert!(!lines.contains(&"trapped".to_string()), "{lines:?}");
+    assert_ne!(
+        lines[12],
+        pid_line.split_once(' ').map(|(p, _)| p).unwrap_or("")
+    );
+    // No controlling terminal, even when Slipway has one: a job cannot be stopped by it.
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("no-terminal"),
+        "{lines:?}"
+    );
+}
+
+/// The umask a new shell gets here, as `umask` prints it.
+fn new_shell_umask() -> String {
+    let out = std::process::Command::new("bash")
+        .args(["--noprofile", "--norc", "-c", "umask"])
+        .output()
+        .expect("bash");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A script longer than a pipe holds reaches the resident shell's subshell whole.
+#[tokio::test]
+async fn a_long_script_runs_whole_in_a_resident_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = resident_executor(dir.path(), &[]);
+    let mut commands = vec![WHICH_SHELL.to_string()];
+    for n in 0..2000 {
+        commands.push(format!("n={n} # {}", "x".repeat(100)));
+    }
+    commands.push("echo \"last n=$n\"".into());
+    let refs: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let (out, lines) = run(&exec, &spec(dir.path(), &refs)).await;
+    assert_eq!(out.status, ExecStatus::Success, "{:?}", lines.last());
+    assert_eq!(lines[1], "shell=resident");
+    assert_eq!(lines.last().map(String::as_str), Some("last n=1999"));
+}
+
+/// `kill $$` in a job stops the resident shell (its `$$`): the job fails with a message
+/// that says so, and the workspace's next job runs in a new shell.
+#[tokio::test]
+async fn a_job_that_kills_its_resident_shell_fails_and_the_next_job_runs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exec = resident_executor(dir.path(), &[]);
+    let (out, lines) = run(
+        &exec,
+        &spec(dir.path(), &["kill -KILL $$", "sleep 5", "echo survived"]),
+    )
+    .await;
+    assert_eq!(out.status, ExecStatus::Failed, "{lines:?}");
+    assert!(!lines.contains(&"survived".to_string()), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("resident shell ended")),
+        "{lines:?}"
+    );
+    let (out, lines) = run(&exec, &spec(dir.path(), &[WHICH_SHELL])).await;
+    assert_eq!(out.status, ExecStatus::Success, "{lines:?}");
+    assert_eq!(lines[1], "shell=cold");
 }
