@@ -101,8 +101,10 @@ else
     rm -f "$SOCK_PATH"
     log "starting podman system service on unix://$SOCK_PATH"
     # In its own session, detached from this shell's output: CI does not wait for it.
-    setsid nohup podman system service --time=0 "unix://$SOCK_PATH" \
-        >/tmp/slipway-podman-service.log 2>&1 </dev/null &
+    # From /: conmon inherits the service's directory and fails every container once
+    # that directory is gone (a deleted checkout).
+    (cd / && setsid nohup podman system service --time=0 "unix://$SOCK_PATH" \
+        >/tmp/slipway-podman-service.log 2>&1 </dev/null &)
     for _ in $(seq 1 100); do
         [ -S "$SOCK_PATH" ] && sock_ok && break
         sleep 0.1
