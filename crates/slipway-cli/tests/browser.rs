@@ -33,30 +33,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The API as the administrator: signs in, then makes a personal token (returned too).
 fn admin_api(url: &str) -> (Client, String) {
-    let rt = runtime();
-    let anon = Client::new(url, None).unwrap();
-    let r = rt
-        .block_on(anon.post_json(
-            "/api/v1/session",
-            &json!({"username": "admin", "password": ADMIN_PASSWORD}),
-        ))
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap();
-    let csrf = r.json()["csrf_token"].as_str().unwrap().to_string();
-    let r = rt
-        .block_on(anon.send(
-            "POST",
-            "/api/v1/user/tokens",
-            Some((
-                "application/json",
-                json!({"name": "browser test"}).to_string().into_bytes(),
-            )),
-            &[("cookie", cookie), ("x-csrf-token", &csrf)],
-        ))
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    let token = r.json()["token"].as_str().unwrap().to_string();
+    let token = runtime().block_on(server_process::api_token(
+        url,
+        "admin",
+        ADMIN_PASSWORD,
+        "browser test",
+    ));
     (Client::new(url, Some(token.clone())).unwrap(), token)
 }
 

@@ -14,62 +14,6 @@ use slipway_server::client::Client;
 use std::path::Path;
 use std::process::Output;
 
-fn pipeline(version: &str) -> String {
-    format!(
-        r#"
-stages: [build, deploy]
-variables:
-  VERSION: "{version}"
-build:
-  stage: build
-  script: [cp "$SHOP_BIN" shop, echo "$VERSION" > version.txt]
-  artifacts: {{ paths: [shop, version.txt] }}
-deploy:
-  stage: deploy
-  script: [echo deploying]
-  environment: production
-.slipway:
-  environments:
-    production:
-      process: {{ command: ./shop, instances: 2 }}
-      strategy: {{ blue-green: {{ keep_warm: 10m }} }}
-      health_check: {{ path: /healthz, interval: 100ms }}
-"#
-    )
-}
-
-/// A personal token for `user` (signing in through the API).
-async fn token_of(url: &str, user: &str, password: &str) -> String {
-    let anon = Client::new(url, None).unwrap();
-    let r = anon
-        .post_json(
-            "/api/v1/session",
-            &json!({"username": user, "password": password}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    let cookie = r
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = r.json()["csrf_token"].as_str().unwrap().to_string();
-    let r = anon
-        .send(
-            "POST",
-            "/api/v1/user/tokens",
-            Some(("application/json", br#"{"name":"cli"}"#.to_vec())),
-            &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()["token"].as_str().unwrap().to_string()
-}
-
 fn fails(out: &Output) -> String {
     assert!(
         !out.status.success(),
@@ -123,12 +67,20 @@ async fn deployment_commands(backend: Backend) {
     let url = server.url.clone();
     let config = root.path().join("config");
     login(&config, &url);
-    let admin = Client::new(&url, Some(token_of(&url, "admin", ADMIN_PASSWORD).await)).unwrap();
+    let admin = Client::new(
+        &url,
+        Some(api_token(&url, "admin", ADMIN_PASSWORD, "cli").await),
+    )
+    .unwrap();
 
     let work = root.path().join("shop");
     std::fs::create_dir_all(&work).unwrap();
     git(&work, &["init", "--quiet", "--initial-branch=main"]);
-    commit(&work, &[(".gitlab-ci.yml", &pipeline("1.0.0"))], "v1");
+    commit(
+        &work,
+        &[(".gitlab-ci.yml", &shop_blue_green_pipeline("1.0.0"))],
+        "v1",
+    );
     ok(&cli(
         &config,
         &url,
@@ -169,7 +121,7 @@ async fn deployment_commands(backend: Backend) {
         .await
         .unwrap();
     assert!(r.ok(), "{}", r.text());
-    let alice = token_of(&url, "alice", "alice-password").await;
+    let alice = api_token(&url, "alice", "alice-password", "cli").await;
     let as_alice = |args: &[&str]| {
         let mut a: Vec<&str> = args.to_vec();
         a.extend(["--token", alice.as_str()]);
@@ -203,7 +155,11 @@ async fn deployment_commands(backend: Backend) {
     assert_eq!(envs[0]["current"]["id"], d1);
 
     // v2.
-    commit(&work, &[(".gitlab-ci.yml", &pipeline("2.0.0"))], "v2");
+    commit(
+        &work,
+        &[(".gitlab-ci.yml", &shop_blue_green_pipeline("2.0.0"))],
+        "v2",
+    );
     let (p2, d2) = trigger_and_wait_for_approval(&config, &url, &admin).await;
     ok(&as_alice(&["approve", &d2.to_string()]));
     assert_eq!(
@@ -214,7 +170,11 @@ async fn deployment_commands(backend: Backend) {
 
     // v3, triggered by alice: she may not approve her own deployment (the rule does not
     // allow self-approval), but she may reject it.
-    commit(&work, &[(".gitlab-ci.yml", &pipeline("3.0.0"))], "v3");
+    commit(
+        &work,
+        &[(".gitlab-ci.yml", &shop_blue_green_pipeline("3.0.0"))],
+        "v3",
+    );
     let v = json(&as_alice(&["trigger", "shop", "--json"]));
     let p3 = v["pipeline"]["id"].as_i64().unwrap();
     let d3 = wait_for(60, "v3 to wait for approval", || {

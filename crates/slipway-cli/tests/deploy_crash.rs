@@ -17,58 +17,9 @@ use slipway_server::client::Client;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn pipeline(version: &str) -> String {
-    format!(
-        r#"
-stages: [build, deploy]
-variables:
-  VERSION: "{version}"
-build:
-  stage: build
-  script: [cp "$SHOP_BIN" shop, echo "$VERSION" > version.txt]
-  artifacts: {{ paths: [shop, version.txt] }}
-deploy:
-  stage: deploy
-  script: [echo deploying]
-  environment: production
-.slipway:
-  environments:
-    production:
-      process: {{ command: ./shop, instances: 2 }}
-      strategy: {{ blue-green: {{ keep_warm: 10m }} }}
-      health_check: {{ path: /healthz, interval: 100ms }}
-"#
-    )
-}
-
 async fn admin_client(url: &str) -> Client {
-    let anon = Client::new(url, None).unwrap();
-    let r = anon
-        .post_json(
-            "/api/v1/session",
-            &json!({"username": "admin", "password": ADMIN_PASSWORD}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    let cookie = r
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = r.json()["csrf_token"].as_str().unwrap().to_string();
-    let r = anon
-        .send(
-            "POST",
-            "/api/v1/user/tokens",
-            Some(("application/json", br#"{"name":"crash"}"#.to_vec())),
-            &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())],
-        )
-        .await
-        .unwrap();
-    Client::new(url, Some(r.json()["token"].as_str().unwrap().to_string())).unwrap()
+    let token = api_token(url, "admin", ADMIN_PASSWORD, "crash").await;
+    Client::new(url, Some(token)).unwrap()
 }
 
 async fn get(c: &Client, path: &str) -> Value {
@@ -167,7 +118,11 @@ async fn crash_at(
         async move { (shop::get(&a, "/version").await.0 == 200).then_some(()) }
     })
     .await;
-    commit(work, &[(".gitlab-ci.yml", &pipeline(version))], version);
+    commit(
+        work,
+        &[(".gitlab-ci.yml", &shop_blue_green_pipeline(version))],
+        version,
+    );
     let p = run(&c).await;
     let job = wait(90, "the deploy job to run", || {
         let c = c.clone();
@@ -271,7 +226,11 @@ async fn kill_9_during_a_blue_green_switch(backend: Backend) {
     let work = root.path().join("shop");
     std::fs::create_dir_all(&work).unwrap();
     git(&work, &["init", "--quiet", "--initial-branch=main"]);
-    commit(&work, &[(".gitlab-ci.yml", &pipeline("1.0.0"))], "v1");
+    commit(
+        &work,
+        &[(".gitlab-ci.yml", &shop_blue_green_pipeline("1.0.0"))],
+        "v1",
+    );
 
     // v1 deploys normally.
     let mut server = ServerProcess::start(&data, db.as_deref(), &[]);
@@ -330,7 +289,11 @@ async fn kill_9_during_a_blue_green_switch(backend: Backend) {
     // And the next deployment goes through.
     let mut server = ServerProcess::start(&data, db.as_deref(), &[]);
     let c = admin_client(&server.url).await;
-    commit(&work, &[(".gitlab-ci.yml", &pipeline("4.0.0"))], "v4");
+    commit(
+        &work,
+        &[(".gitlab-ci.yml", &shop_blue_green_pipeline("4.0.0"))],
+        "v4",
+    );
     let p = run(&c).await;
     assert_eq!(finished(&c, p).await["pipeline"]["status"], "success");
     let env = get(&c, "/api/v1/projects/shop/environments/production").await;

@@ -35,34 +35,8 @@ later:
 "#;
 
 async fn token(url: &str) -> Client {
-    let anon = Client::new(url, None).unwrap();
-    let r = anon
-        .post_json(
-            "/api/v1/session",
-            &json!({"username": "admin", "password": ADMIN_PASSWORD}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    let cookie = r
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = r.json()["csrf_token"].as_str().unwrap().to_string();
-    let r = anon
-        .send(
-            "POST",
-            "/api/v1/user/tokens",
-            Some(("application/json", br#"{"name":"crash test"}"#.to_vec())),
-            &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    Client::new(url, Some(r.json()["token"].as_str().unwrap().to_string())).unwrap()
+    let token = api_token(url, "admin", ADMIN_PASSWORD, "crash test").await;
+    Client::new(url, Some(token)).unwrap()
 }
 
 /// Whether process `pid` runs (a zombie waiting for its new parent to reap it does not).

@@ -301,3 +301,66 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A personal API token for `user`, made as the UI makes one: sign in, then create it
+/// with the session (both must succeed).
+pub async fn api_token(url: &str, user: &str, password: &str, name: &str) -> String {
+    let anon = slipway_server::client::Client::new(url, None).unwrap();
+    let r = anon
+        .post_json(
+            "/api/v1/session",
+            &serde_json::json!({"username": user, "password": password}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json()["csrf_token"].as_str().unwrap().to_string();
+    let r = anon
+        .send(
+            "POST",
+            "/api/v1/user/tokens",
+            Some((
+                "application/json",
+                serde_json::json!({ "name": name }).to_string().into_bytes(),
+            )),
+            &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+/// The example shop's pipeline at `version`: a build whose artifact is the shop binary
+/// (`$SHOP_BIN`) and its version, deployed to `production` (2 instances, blue-green,
+/// v1 kept warm 10 min, health checked every 100 ms).
+pub fn shop_blue_green_pipeline(version: &str) -> String {
+    format!(
+        r#"
+stages: [build, deploy]
+variables:
+  VERSION: "{version}"
+build:
+  stage: build
+  script: [cp "$SHOP_BIN" shop, echo "$VERSION" > version.txt]
+  artifacts: {{ paths: [shop, version.txt] }}
+deploy:
+  stage: deploy
+  script: [echo deploying]
+  environment: production
+.slipway:
+  environments:
+    production:
+      process: {{ command: ./shop, instances: 2 }}
+      strategy: {{ blue-green: {{ keep_warm: 10m }} }}
+      health_check: {{ path: /healthz, interval: 100ms }}
+"#
+    )
+}
